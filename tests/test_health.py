@@ -1,0 +1,405 @@
+import itertools
+import math
+import pickle
+import tracemalloc
+
+import pytest
+
+from lightning_init.health import (
+    RULES,
+    RULES_BY_KIND,
+    Finding,
+    HealthError,
+    HealthThresholds,
+    HealthTracker,
+    check_activations,
+    check_grads,
+    check_weights,
+    health_tag,
+    merge_findings,
+    profile_of,
+)
+
+DEPTH = 12
+
+
+def mlp_names(depth=DEPTH):
+    """Parameter names of nn.Sequential(Linear, ReLU, Linear, ReLU, ..., Linear)."""
+    return [f"net.{2 * i}" for i in range(depth)]
+
+
+def grad_table(weight_norms, bias_norms):
+    table = {}
+    for layer, w, b in zip(mlp_names(len(weight_norms)), weight_norms, bias_norms, strict=True):
+        table[f"{layer}.weight"] = {"norm": w, "nonfinite": 0.0, "abs_max": w / 10}
+        table[f"{layer}.bias"] = {"norm": b, "nonfinite": 0.0, "abs_max": b / 10}
+    table["total"] = {"norm": math.sqrt(sum(w * w + b * b for w, b in zip(weight_norms, bias_norms, strict=True)))}
+    return table
+
+
+def activation_table(linear_stds, relu_zero=0.5, nonlinearity="relu", saturation=0.0):
+    """Module table + nonlinearities for Linear, act, Linear, act, ..., Linear."""
+    table, nls = {}, {}
+    for i, std in enumerate(linear_stds):
+        table[f"net.{2 * i}"] = {"mean": 0.0, "std": std, "abs_max": 4 * std, "nonfinite": 0.0}
+        nls[f"net.{2 * i}"] = None
+        if i < len(linear_stds) - 1:
+            row = {"mean": std / 2, "std": std / 2, "abs_max": 4 * std, "nonfinite": 0.0, "zero_fraction": relu_zero}
+            if nonlinearity in ("tanh", "sigmoid"):
+                row["saturation"] = saturation
+                row["zero_fraction"] = 0.0
+            table[f"net.{2 * i + 1}"] = row
+            nls[f"net.{2 * i + 1}"] = nonlinearity
+    return table, nls
+
+
+def weight_table(depth=DEPTH, spread=0.9, update=1e-3):
+    table = {}
+    for layer in mlp_names(depth):
+        table[f"{layer}.weight"] = {"mean": 0.0, "std": 0.1, "norm": 25.6, "abs_max": 0.4, "row_spread": spread}
+        table[f"{layer}.weight"]["update_ratio"] = update
+        table[f"{layer}.bias"] = {"mean": 0.0, "std": 0.0, "norm": 0.0, "abs_max": 0.0, "row_spread": math.nan}
+        table[f"{layer}.bias"]["update_ratio"] = math.inf  # zero-initialized bias: ||db|| / 0
+    return table
+
+
+# Profiles measured on a 12-layer width-256 ReLU MLP (cross-entropy, batch 64) at step 0, rounded.
+KAIMING_W = [0.71, 2.3, 2.5, 2.7, 2.8, 3.5, 3.7, 4.1, 4.9, 4.7, 5.0, 6.1]
+KAIMING_B = [0.15, 0.17, 0.17, 0.19, 0.19, 0.22, 0.23, 0.26, 0.27, 0.28, 0.28, 0.32]
+XAVIER_RELU_B = [3.8e-3, 5.9e-3, 8.5e-3, 1.2e-2, 1.8e-2, 2.5e-2, 3.3e-2, 5.3e-2, 7.4e-2, 0.11, 0.16, 0.16]
+
+
+def theory_profile(gain, depth=DEPTH, top=0.16):
+    """Backward: the gradient is multiplied by `gain` per layer on its way to the input (bias grads)."""
+    return [top * gain ** (depth - 1 - i) for i in range(depth)]
+
+
+# ------------------------------------------------------------------------------------------------ healthy
+
+
+def test_healthy_profiles_have_no_finding():
+    assert check_grads(grad_table(KAIMING_W, KAIMING_B), step=0) == []
+    assert check_grads(grad_table([0.03] * DEPTH, XAVIER_RELU_B), step=0) == []
+    kaiming_std = [1.0, 1.0, 1.0, 1.0, 1.0, 1.1, 1.1, 1.1, 1.1, 1.0, 1.1, 0.81]
+    assert check_activations(*activation_table(kaiming_std), step=0) == []
+    # Xavier + ReLU: (1/sqrt 2)^11 = 0.022 on the deepest layer, still above 1e-2.
+    xavier = [(1 / math.sqrt(2)) ** i for i in range(DEPTH)]
+    assert check_activations(*activation_table(xavier), step=0) == []
+    assert check_activations(*activation_table([0.5] * DEPTH, nonlinearity="tanh", saturation=0.01), step=0) == []
+    assert check_weights(weight_table(), step=5) == []
+
+
+# ------------------------------------------------------------------------------------------------ gradients
+
+
+def test_vanishing_grads_by_depth_profile():
+    # normal(std=0.01), width 256: gain 0.01 * sqrt(256 / 2) = 0.113 per layer.
+    gain = 0.01 * math.sqrt(128)
+    table = grad_table([1.0] * DEPTH, theory_profile(gain))
+    found = check_grads(table, step=7, vanishing_grad_floor=0.0)  # isolate the depth-profile rule
+    assert {f.rule for f in found} == {"vanishing_grad"}
+    flagged = [f.layers[0] for f in found]
+    # 0.113^k < 1e-4 from k = 5 deeper layers on: biases of layers 0..6 (k = 11..5).
+    expected = [f"net.{2 * i}.bias" for i in range(DEPTH) if gain ** (DEPTH - 1 - i) < 1e-4]
+    assert flagged == expected
+    first = found[0]
+    assert first.value == pytest.approx(gain ** (DEPTH - 1), rel=1e-9)  # relative to net.22.bias, the largest
+    # With the default floor, the tiny layers are also below 1e-9: still one rule, counted once per layer.
+    assert {f.layers[0] for f in check_grads(table, step=7)} >= set(expected)
+    assert first.threshold == 1e-4
+    assert first.step == 7
+    assert "vanishing" in first.message
+    assert "net.0.bias" in first.message
+    assert "Kaiming" in first.message
+    assert "Xavier" in first.message
+
+
+def test_vanishing_grads_absolute_floor_on_flat_tiny_profile():
+    table = grad_table([2.6e-11] * DEPTH, [1.0] * DEPTH)
+    found = check_grads(table, step=0)
+    assert [f.layers[0] for f in found] == [f"{n}.weight" for n in mlp_names()]
+    assert all(f.rule == "vanishing_grad" and f.threshold == 1e-9 for f in found)
+    assert check_grads(table, step=0, vanishing_grad_floor=1e-12) == []
+
+
+def test_exploding_grads_ceiling_and_growth():
+    found = check_grads(grad_table([4e11] * DEPTH, [1.0] * DEPTH), step=0)
+    assert {f.rule for f in found} == {"exploding_grad"}
+    assert len(found) == DEPTH
+    assert "exploding" in found[0].message
+    assert "gradient_clip" in found[0].message
+    assert "learning rate" in found[0].message
+    # Growth toward the input (std=1.0: gain 11.3 per layer), norms all under the ceiling.
+    gain = math.sqrt(128)
+    biases = [min(b, 9e3) for b in theory_profile(gain, top=1e-6)]
+    found = check_grads(grad_table(KAIMING_W, biases), step=0)
+    assert found
+    assert {f.rule for f in found} == {"exploding_grad"}
+    assert all(f.layers[0].endswith(".bias") for f in found)
+    assert all(f.value > 1e4 for f in found)
+    # The deeper layers are the reference: never flagged as vanishing.
+    assert not any(f.rule == "vanishing_grad" for f in found)
+
+
+def test_grad_rules_skip_missing_stats_and_total():
+    assert check_grads({"a.weight": {"mean": 0.0}, "total": {"norm": 1e30}}, step=0) == []
+
+
+def test_nonfinite_grads_only_nonfinite_rule():
+    table = grad_table(KAIMING_W, KAIMING_B)
+    table["net.4.weight"] = {"norm": math.inf, "nonfinite": 3.0, "abs_max": math.inf}
+    found = check_grads(table, step=11)
+    assert [(f.rule, f.layers) for f in found] == [("nonfinite", ("net.4.weight",))]
+    assert "NaN/Inf" in found[0].message
+    assert found[0].value == 3
+    # Without a nonfinite stat, a non-finite abs_max tells.
+    found = check_grads({"a.weight": {"norm": math.nan, "abs_max": math.nan}}, step=2)
+    assert [f.rule for f in found] == ["nonfinite"]
+
+
+# -------------------------------------------------------------------------------------------- activations
+
+
+def test_vanishing_and_exploding_activations():
+    found = check_activations(*activation_table([0.1**i for i in range(DEPTH)]), step=3)
+    vanishing = [f for f in found if f.rule == "vanishing_activation"]
+    # ratio 0.1^i < 1e-2 for i >= 3 (0.1^2 = 1e-2 is not below).
+    assert [f.layers[0] for f in vanishing] == [f"net.{2 * i}" for i in range(3, DEPTH)]
+    assert vanishing[-1].value == pytest.approx(1e-11)
+    assert "vanishing" in vanishing[-1].message
+    assert "net.0" in vanishing[-1].message  # the reference layer is named
+    found = check_activations(*activation_table([11.3**i for i in range(DEPTH)]), step=3)
+    assert {f.rule for f in found} == {"exploding_activation"}
+    assert found[0].layers == ("net.4",)  # 11.3^2 = 128 > 100, 11.3 is not
+    assert "exploding" in found[0].message
+
+
+def test_dead_relu():
+    table, nls = activation_table([1.0] * 3, relu_zero=0.97)
+    found = check_activations(table, nls, step=0)
+    assert [(f.rule, f.layers[0]) for f in found] == [("dead", "net.1"), ("dead", "net.3")]
+    assert "dead" in found[0].message
+    assert "Kaiming" in found[0].message
+    assert check_activations(*activation_table([1.0] * 3, relu_zero=0.9), step=0) == []  # not above 0.9
+    # A leaky ReLU is never "dead".
+    nls = {k: ("leaky_relu" if v else None) for k, v in nls.items()}
+    assert check_activations(table, nls, step=0) == []
+
+
+@pytest.mark.parametrize("nonlinearity", ["tanh", "sigmoid"])
+def test_saturated(nonlinearity):
+    table, nls = activation_table([1.0] * 3, nonlinearity=nonlinearity, saturation=0.89)
+    found = check_activations(table, nls, step=0)
+    assert [f.rule for f in found] == ["saturated", "saturated"]
+    assert "saturated" in found[0].message
+    assert nonlinearity in found[0].message
+    assert "Xavier" in found[0].message
+    # A missing or NaN saturation (user did not log it) does not fire.
+    for row in table.values():
+        row["saturation"] = math.nan
+    assert check_activations(table, nls, step=0) == []
+
+
+def test_nonfinite_activation():
+    table, nls = activation_table([1.0] * 3)
+    table["net.2"]["nonfinite"] = 5.0
+    table["net.2"]["std"] = math.nan
+    found = check_activations(table, nls, step=4)
+    assert [(f.rule, f.layers[0], f.step) for f in found] == [("nonfinite", "net.2", 4)]
+    assert "NaN/Inf activations" in found[0].message
+
+
+# ------------------------------------------------------------------------------------------------ weights
+
+
+def test_symmetric_weights():
+    table = weight_table(depth=3, spread=0.0)
+    found = check_weights(table, step=0)
+    assert [f.layers[0] for f in found] == ["net.0.weight", "net.2.weight", "net.4.weight"]  # never the biases
+    assert all(f.rule == "symmetric" for f in found)
+    assert "symmetric" in found[0].message
+    assert "non-zero random" in found[0].message
+    assert check_weights(weight_table(depth=3, spread=2e-6), step=0) == []
+    assert len(check_weights(weight_table(depth=3, spread=1e-7), step=0)) == 3  # float32 residue of a constant
+
+
+def test_update_ratio_frozen_unstable_and_exemptions():
+    low = check_weights(weight_table(depth=2, update=1e-8), step=9)
+    assert [(f.rule, f.layers[0]) for f in low] == [("update_ratio", "net.0.weight"), ("update_ratio", "net.2.weight")]
+    assert "frozen" in low[0].message
+    high = check_weights(weight_table(depth=2, update=0.5), step=9)
+    assert len(high) == 2
+    assert "unstable" in high[0].message
+    assert "learning rate" in high[0].message
+    # lr = 0 / not in the optimizer: exactly zero update -> not judged; non-finite ratio -> not judged.
+    assert check_weights(weight_table(depth=2, update=0.0), step=9) == []
+    assert check_weights(weight_table(depth=2, update=math.inf), step=9) == []
+    # Step 0: no update_ratio logged yet.
+    table = weight_table(depth=2)
+    for row in table.values():
+        del row["update_ratio"]
+    assert check_weights(table, step=0) == []
+
+
+def test_nonfinite_weights():
+    table = weight_table(depth=2)
+    table["net.2.weight"]["abs_max"] = math.inf
+    found = check_weights(table, step=1)
+    assert [(f.rule, f.layers[0]) for f in found] == [("nonfinite", "net.2.weight")]
+    assert "NaN/Inf weights" in found[0].message
+
+
+# --------------------------------------------------------------------------------------------- thresholds
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("vanishing_grad_ratio", 1.0),
+        ("vanishing_grad_ratio", -1e-3),
+        ("vanishing_grad_floor", math.inf),
+        ("exploding_grad_norm", 0.0),
+        ("exploding_grad_growth", 0.5),
+        ("vanishing_activation_ratio", 2.0),
+        ("exploding_activation_ratio", 1.0),
+        ("dead_fraction", 1.5),
+        ("saturated_fraction", -0.1),
+        ("symmetric_spread", math.nan),
+        ("update_ratio_low", -1.0),
+        ("dead_fraction", True),
+        ("dead_fraction", "0.9"),
+    ],
+)
+def test_threshold_validation(name, value):
+    with pytest.raises(ValueError, match=f"`{name}`.*{value!r}".replace("(", r"\(").replace(")", r"\)")):
+        HealthThresholds(**{name: value})
+
+
+def test_threshold_validation_in_check_functions_and_order():
+    with pytest.raises(ValueError, match="`dead_fraction`"):
+        check_activations({}, {}, step=0, dead_fraction=2.0)
+    with pytest.raises(ValueError, match="`update_ratio_high` must be greater"):
+        HealthThresholds(update_ratio_low=0.1, update_ratio_high=0.01)
+    HealthThresholds(exploding_grad_norm=math.inf, vanishing_grad_ratio=0.0)  # disabling bounds is allowed
+
+
+def test_thresholds_forward_to_check_functions():
+    t = HealthThresholds(dead_fraction=0.99)
+    table, nls = activation_table([1.0] * 3, relu_zero=0.97)
+    assert t.check("activation", table, step=0, nonlinearities=nls) == []
+    assert len(HealthThresholds().check("activation", table, step=0, nonlinearities=nls)) == 2
+    assert HealthThresholds().check("grad", grad_table(KAIMING_W, KAIMING_B), step=0) == []
+    assert len(HealthThresholds().check("weight", weight_table(depth=2, spread=0.0), step=0)) == 2
+    with pytest.raises(ValueError, match="`kind`"):
+        t.check("weights", {}, step=0)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------------- findings, tracker
+
+
+def test_merge_findings_names_all_layers_and_worst():
+    found = check_grads(grad_table([2e-11, 5e-12, 3e-11], [1.0] * 3), step=2)
+    merged = merge_findings(found)
+    assert len(merged) == 1
+    assert merged[0].layers == ("net.0.weight", "net.2.weight", "net.4.weight")
+    assert merged[0].value == 5e-12
+    assert "3 layers" in merged[0].message
+    assert "worst: net.2.weight" in merged[0].message
+
+
+def test_tracker_warns_once_per_rule_and_layer_and_counts():
+    tracker = HealthTracker("activation")
+    table, nls = activation_table([1.0] * 3, relu_zero=0.97)
+    new = tracker.update(0, check_activations(table, nls, step=0), profile_of("activation", table, nls))
+    assert len(new) == 1  # merged: one warning naming both layers
+    assert new[0].layers == ("net.1", "net.3")
+    assert tracker.scalars()[health_tag("dead", "activation")] == 2.0
+    assert tracker.scalars()["health/saturated"] == 0.0
+    assert set(tracker.scalars()) == {health_tag(r, "activation") for r in RULES_BY_KIND["activation"]}
+    # Same findings at a later step: counted, not warned again.
+    assert tracker.update(10, check_activations(table, nls, step=10)) == []
+    assert tracker.counts["dead"] == 2
+    # A new layer for the same rule, and a new rule for a known layer, are warned.
+    table["net.1"]["nonfinite"] = 1.0
+    new = tracker.update(20, check_activations(table, nls, step=20))
+    assert [(f.rule, f.layers) for f in new] == [("nonfinite", ("net.1",))]
+    assert tracker.counts == {"nonfinite": 1, "vanishing_activation": 0, "exploding_activation": 0, "dead": 1,
+                              "saturated": 0}  # fmt: skip
+    # Healthy step: counts back to zero.
+    assert tracker.update(30, []) == []
+    assert set(tracker.scalars().values()) == {0.0}
+
+
+def test_tracker_markdown_table():
+    tracker = HealthTracker("grad")
+    table = grad_table([2.6e-11, 1.0, 1.0], [1.0, 1.0, 1.0])
+    tracker.update(5, check_grads(table, step=5), profile_of("grad", table))
+    table["net.0.weight"]["norm"] = 1.3e-11
+    tracker.update(9, check_grads(table, step=9), profile_of("grad", table))
+    md = tracker.to_markdown()
+    lines = md.splitlines()
+    assert lines[0] == "1 of 3 layers flagged (gradients)."
+    assert lines[2] == "| layer | kind | health | first step | last step | last value |"
+    assert "| net.0.weight | grad | vanishing_grad | 5 | 9 | vanishing_grad: 1.3e-11 < 0.0001 |" in lines
+    assert "| net.2.weight | grad | ok | | | |" in lines
+    assert HealthTracker("weight").to_markdown() == "No layers monitored."
+
+
+def test_tracker_memory_is_flat_over_5000_steps():
+    tracker = HealthTracker("grad", max_columns=64)
+    table = grad_table([2.6e-11] * DEPTH, [1.0] * DEPTH)
+
+    def feed(start, stop):
+        for step in range(start, stop):
+            tracker.update(step, check_grads(table, step=step), profile_of("grad", table))
+
+    feed(0, 500)
+    tracemalloc.start()
+    before, _ = tracemalloc.get_traced_memory()
+    feed(500, 5000)
+    after, _ = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert after - before < 50_000  # bytes; a per-step history would be > 4500 * 12 floats * ~30 B
+    values, layers, steps = tracker.history.matrix()
+    assert values.shape[0] == DEPTH
+    assert len(layers) == DEPTH
+    assert values.shape[1] <= 65
+    assert steps[-1] == 4999  # the picture ends at the last step
+    assert steps == sorted(steps)
+    # Uniform decimation: equal spacing among the kept columns (the latest excepted).
+    gaps = {b - a for a, b in itertools.pairwise(steps[:-1])}
+    assert len(gaps) == 1
+
+
+def test_tracker_state_dict_round_trip():
+    tracker = HealthTracker("activation", max_columns=4)
+    table, nls = activation_table([1.0] * 3, relu_zero=0.97)
+    for step in range(7):
+        tracker.update(step, check_activations(table, nls, step=step), profile_of("activation", table, nls))
+    state = pickle.loads(pickle.dumps(tracker.state_dict()))
+    restored = HealthTracker("activation", max_columns=4)
+    restored.load_state_dict(state)
+    assert restored.to_markdown() == tracker.to_markdown()
+    assert restored.update(7, check_activations(table, nls, step=7)) == []  # already warned before the restart
+    a, b = tracker.history.matrix(), restored.history.matrix()
+    assert a[1:] == b[1:]
+    assert (a[0] == b[0]).all()
+
+
+def test_health_error_carries_finding_and_pickles():
+    finding = check_weights(weight_table(depth=1, spread=0.0), step=0)[0]
+    err = HealthError(finding)
+    assert isinstance(err, RuntimeError)
+    assert str(err) == finding.message
+    again = pickle.loads(pickle.dumps(err))
+    assert again.finding == finding
+    with pytest.raises(HealthError, match="symmetric"):
+        raise err
+
+
+def test_rule_names_and_tags():
+    assert set(RULES) == {r for rules in RULES_BY_KIND.values() for r in rules}
+    assert health_tag("dead", "activation") == "health/dead"
+    tags = {health_tag(r, k) for k, rules in RULES_BY_KIND.items() for r in rules}
+    assert len(tags) == sum(len(r) for r in RULES_BY_KIND.values())  # no two monitors write the same tag
+    assert Finding.__dataclass_params__.frozen  # type: ignore[attr-defined]

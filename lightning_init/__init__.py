@@ -4,6 +4,29 @@ Weight initialization (``WeightInit``, ``init_module``) and per-layer monitors (
 ``ActivationMonitor``, ``GradientMonitor``) with health verdicts, as PyTorch Lightning callbacks.
 """
 
+from lightning_init.callbacks.monitors import ActivationMonitor, GradientMonitor, WeightMonitor
+from lightning_init.callbacks.weight_init import WeightInit
+from lightning_init.health import Finding, HealthError, HealthThresholds
+from lightning_init.init import InitReport, LayerInit, init_module
+from lightning_init.lsuv import LSUVLayer, LSUVReport, LSUVSkipped, lsuv_
+from lightning_init.rules import InitRule
+
 __version__ = "0.1.0"
 
-__all__: list[str] = []
+__all__: list[str] = [
+    "ActivationMonitor",
+    "Finding",
+    "GradientMonitor",
+    "HealthError",
+    "HealthThresholds",
+    "InitReport",
+    "InitRule",
+    "LSUVLayer",
+    "LSUVReport",
+    "LSUVSkipped",
+    "LayerInit",
+    "WeightInit",
+    "WeightMonitor",
+    "init_module",
+    "lsuv_",
+]

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Literal, NamedTuple, get_args
+
 import torch
 from torch import Tensor
 
@@ -20,3 +24,281 @@ def row_spread(weight: Tensor) -> Tensor:
     spread = (w - w.mean(dim=0, keepdim=True)).abs().amax()
     scale = w.abs().amax()
     return torch.where(scale > 0, spread / scale.clamp_min(torch.finfo(torch.float32).tiny), torch.zeros_like(scale))
+
+
+# ------------------------------------------------------------------------------------------ statistic names
+
+#: Statistics of a weight tensor (``weight_{stat}/{param}``). ``row_spread`` is computed only on request (not logged by
+#: default): it feeds the "symmetric" health verdict.
+WeightStat = Literal["mean", "std", "norm", "abs_max", "update_ratio", "row_spread"]
+#: Statistics of a gradient tensor (``grad_{stat}/{param}``), plus the ``grad_norm/total`` row.
+GradStat = Literal["norm", "mean", "std", "abs_max", "nonfinite", "ratio"]
+#: Statistics of a module output (``activation_{stat}/{module}``).
+ActivationStat = Literal["mean", "std", "abs_max", "zero_fraction", "saturation", "nonfinite"]
+
+WEIGHT_STATS: tuple[str, ...] = get_args(WeightStat)
+GRAD_STATS: tuple[str, ...] = get_args(GradStat)
+ACTIVATION_STATS: tuple[str, ...] = get_args(ActivationStat)
+#: What each monitor logs by default.
+DEFAULT_WEIGHT_STATS: tuple[str, ...] = ("mean", "std", "norm", "abs_max", "update_ratio")
+DEFAULT_GRAD_STATS: tuple[str, ...] = GRAD_STATS
+DEFAULT_ACTIVATION_STATS: tuple[str, ...] = ACTIVATION_STATS
+
+#: A bounded activation's output is "saturated" when it lies closer than this to a bound of its range (in output
+#: units: ``|tanh| > 0.99``, ``sigmoid < 0.01`` or ``> 0.99``), where its derivative is below 2% (tanh) / 4% (sigmoid)
+#: of its peak and the unit barely passes a gradient.
+SATURATION_MARGIN = 0.01
+
+#: Number of histogram buckets computed on device.
+HISTOGRAM_BINS = 64
+
+Table = dict[str, dict[str, float]]
+
+
+# ------------------------------------------------------------------------------------------ one host transfer
+
+
+def fetch(columns: Mapping[str, Tensor | Sequence[Tensor]]) -> dict[str, list[float]]:
+    """Move named device columns to the host in ONE transfer.
+
+    Each value is a tensor (flattened) or a sequence of 0-dim / small tensors (stacked). They are concatenated as
+    float32 on the device of the first one, moved with a single ``tolist()`` and split back.
+    """
+    parts: list[Tensor] = []
+    sizes: list[tuple[str, int]] = []
+    device: torch.device | None = None
+    for key, value in columns.items():
+        flat: Tensor
+        if isinstance(value, (list, tuple)):
+            if not value:
+                sizes.append((key, 0))
+                continue
+            flat = torch.stack([v.reshape(()) for v in value])
+        else:
+            flat = value  # type: ignore[assignment]
+        flat = flat.detach().reshape(-1)
+        if device is None:
+            device = flat.device
+        parts.append(flat.to(device=device, dtype=torch.float32))
+        sizes.append((key, flat.numel()))
+    values: list[float] = torch.cat(parts).tolist() if parts else []
+    out: dict[str, list[float]] = {}
+    start = 0
+    for key, size in sizes:
+        out[key] = values[start : start + size]
+        start += size
+    return out
+
+
+# ------------------------------------------------------------------------------------------ weights and gradients
+
+
+def _std_mean(t: Tensor) -> tuple[Tensor, Tensor]:
+    x = t.detach()
+    if not x.is_floating_point() or x.dtype in (torch.float16, torch.bfloat16):
+        x = x.float()
+    return torch.std_mean(x, correction=1 if x.numel() > 1 else 0)
+
+
+def tensor_columns(tensors: Sequence[Tensor], stats: Sequence[str]) -> dict[str, list[Tensor]]:
+    """Device-side statistics of each tensor, as columns of 0-dim tensors (no host transfer).
+
+    ``abs_max`` is always computed (the host-side :func:`repair` needs it). Supported: ``mean``, ``std`` (unbiased,
+    like ``Tensor.std()``; 0 for a one-element tensor), ``norm`` (L2), ``abs_max``, ``row_spread``. Norms use the fused
+    ``torch._foreach_norm``; mean/std one ``std_mean`` kernel per tensor.
+    """
+    tensors = [t.detach() for t in tensors]
+    cols: dict[str, list[Tensor]] = {}
+    if not tensors:
+        return {s: [] for s in ("abs_max", *stats)}
+    cols["abs_max"] = list(torch._foreach_norm(tensors, float("inf")))
+    if "norm" in stats:
+        cols["norm"] = list(torch._foreach_norm(tensors, 2))
+    if "mean" in stats or "std" in stats:
+        pairs = [_std_mean(t) for t in tensors]
+        if "mean" in stats:
+            cols["mean"] = [m for _, m in pairs]
+        if "std" in stats:
+            cols["std"] = [s for s, _ in pairs]
+    if "row_spread" in stats:
+        cols["row_spread"] = [row_spread(t) for t in tensors]
+    return cols
+
+
+def repair(tensors: Sequence[Tensor], host: dict[str, list[float]], *, count_nonfinite: bool) -> None:
+    """Fix host columns in place where a float32 reduction was not exact; costs nothing on healthy tensors.
+
+    - A non-finite ``abs_max`` means the tensor holds NaN/Inf: with ``count_nonfinite`` the ``nonfinite`` column gets
+      their count (one extra transfer for such a tensor), otherwise 0 everywhere.
+    - A finite ``abs_max`` with a non-finite ``norm``/``std``/``mean`` means the float32 reduction overflowed (values
+      beyond ~1e19 square past float32's range): the statistic is recomputed on ``tensor / abs_max`` and scaled back
+      in Python floats, so a huge finite value is reported huge, not as inf.
+    """
+    if count_nonfinite:
+        host["nonfinite"] = [0.0] * len(tensors)
+    for i, t in enumerate(tensors):
+        amax = host["abs_max"][i]
+        if not math.isfinite(amax):
+            if count_nonfinite:
+                finite: float = torch.isfinite(t.detach()).sum().tolist()  # type: ignore[assignment]
+                host["nonfinite"][i] = float(t.numel() - finite)
+            continue
+        keys = [k for k in ("norm", "std", "mean") if k in host and not math.isfinite(host[k][i])]
+        if not keys or amax == 0.0:
+            continue
+        x = t.detach().float() / amax
+        std, mean = torch.std_mean(x, correction=1 if x.numel() > 1 else 0)
+        norm, std_v, mean_v = torch.stack([torch.linalg.vector_norm(x), std, mean]).tolist()
+        fixed = {"norm": norm * amax, "std": std_v * amax, "mean": mean_v * amax}
+        for k in keys:
+            host[k][i] = fixed[k]
+
+
+def safe_ratio(num: float, den: float) -> float:
+    """``num / den`` as a float: ``nan`` for ``0/0``, ``inf`` for ``x/0``."""
+    if den == 0.0:
+        return math.nan if num == 0.0 or math.isnan(num) else math.inf
+    return num / den
+
+
+def total_norm(norms: Iterable[float]) -> float:
+    """L2 norm of per-tensor L2 norms (the global gradient norm), overflow-safe (``math.hypot``)."""
+    return math.hypot(*norms)
+
+
+# ------------------------------------------------------------------------------------------ histograms
+
+
+def histogram_columns(tensors: Sequence[Tensor], bins: int = HISTOGRAM_BINS) -> dict[str, Tensor]:
+    """Per-tensor histograms of the FINITE values, computed on device without a host sync.
+
+    Returns ``{"counts": [n, bins], "meta": [n, 5]}`` with meta ``(min, max, num, sum, sum_squares)`` over finite
+    values. Buckets split ``[min, max]`` evenly; arithmetic is done on halves so that ``max - min`` cannot overflow,
+    which is why values beyond ±1e20 (where ``SummaryWriter.add_histogram`` raises "The histogram is empty") bin fine.
+    """
+    counts: list[Tensor] = []
+    metas: list[Tensor] = []
+    for t in tensors:
+        x = t.detach().reshape(-1).float()
+        finite = torch.isfinite(x)
+        lo = torch.where(finite, x, math.inf).amin() if x.numel() else x.new_tensor(math.inf)
+        hi = torch.where(finite, x, -math.inf).amax() if x.numel() else x.new_tensor(-math.inf)
+        half_width = hi / 2 - lo / 2
+        scale = torch.where(half_width > 0, half_width, torch.ones_like(half_width))
+        pos = ((x / 2 - lo / 2) / scale * bins).floor().clamp(0, bins - 1)
+        idx = torch.where(finite, pos, float(bins)).long()
+        hist = torch.zeros(bins + 1, device=x.device).scatter_add_(0, idx, torch.ones_like(x))[:bins]
+        xs = torch.where(finite, x, 0.0)
+        num = finite.sum().float()
+        metas.append(torch.stack([lo, hi, num, xs.sum(), xs.square().sum()]))
+        counts.append(hist)
+    if not counts:
+        return {"counts": torch.zeros(0, bins), "meta": torch.zeros(0, 5)}
+    return {"counts": torch.stack(counts), "meta": torch.stack(metas)}
+
+
+class HostHistogram(NamedTuple):
+    """A histogram on the host, in the form of ``SummaryWriter.add_histogram_raw``."""
+
+    min: float
+    max: float
+    num: float
+    sum: float
+    sum_squares: float
+    bucket_limits: list[float]
+    bucket_counts: list[float]
+
+
+def host_histograms(counts: Sequence[float], meta: Sequence[float], n: int, bins: int) -> list[HostHistogram | None]:
+    """Split fetched ``histogram_columns`` into per-tensor histograms (``None`` where no value was finite)."""
+    out: list[HostHistogram | None] = []
+    for i in range(n):
+        lo, hi, num, total, squares = meta[5 * i : 5 * i + 5]
+        if num <= 0:
+            out.append(None)
+            continue
+        width = (hi / 2 - lo / 2) * 2 / bins if hi > lo else 1.0 / bins
+        limits = [lo + width * (b + 1) for b in range(bins)]
+        limits[-1] = max(hi, limits[-1]) if hi > lo else limits[-1]
+        out.append(HostHistogram(lo, hi, num, total, squares, limits, list(counts[bins * i : bins * (i + 1)])))
+    return out
+
+
+# ------------------------------------------------------------------------------------------ activations
+
+#: Columns of :func:`activation_row`; counts are element counts of one call.
+ACTIVATION_ROW: tuple[str, ...] = ("mean", "std", "abs_max", "zeros", "saturated", "nonfinite")
+
+
+def first_float_tensor(output: Any) -> Tensor | None:
+    """The first floating-point tensor in ``output`` (depth-first through tuples, lists and dict values).
+
+    That is the main output of ``nn.LSTM`` / ``nn.GRU`` (``output`` before ``(h, c)``) and ``nn.MultiheadAttention``.
+    """
+    if isinstance(output, Tensor):
+        return output if output.is_floating_point() else None
+    values = output.values() if isinstance(output, Mapping) else output if isinstance(output, (list, tuple)) else ()
+    for value in values:
+        found = first_float_tensor(value)
+        if found is not None:
+            return found
+    return None
+
+
+def activation_row(output: Tensor, bounds: tuple[float, float] | None = None) -> Tensor:
+    """Small reductions of one module output, a float32 tensor with the columns :data:`ACTIVATION_ROW`.
+
+    Reduced in float32 (half-precision outputs are upcast), over all elements. ``saturated`` counts outputs within
+    :data:`SATURATION_MARGIN` of ``bounds`` (0 when ``bounds`` is None). The output itself is not kept.
+    """
+    x = output.detach()
+    if x.dtype != torch.float32 and x.dtype != torch.float64:
+        x = x.float()
+    n = x.numel()
+    std, mean = torch.std_mean(x, correction=1 if n > 1 else 0)
+    amax = torch.linalg.vector_norm(x, float("inf"))
+    zeros = n - torch.count_nonzero(x)
+    nonfinite = n - torch.isfinite(x).sum()
+    if bounds is None:
+        saturated = torch.zeros((), device=x.device)
+    else:
+        low, high = bounds
+        saturated = ((x < low + SATURATION_MARGIN) | (x > high - SATURATION_MARGIN)).sum()
+    return torch.stack([mean.float(), std.float(), amax.float(), zeros.float(), saturated.float(), nonfinite.float()])
+
+
+def combine_activation_rows(numels: Sequence[int], rows: Sequence[Sequence[float]], bounded: bool) -> dict[str, float]:
+    """Combine per-call rows (host side, float64) into the statistics over all calls' elements.
+
+    Means and variances are merged exactly with Chan's parallel formula, so several micro-batches (or calls of a
+    shared module) give the statistics of the concatenated outputs.
+    """
+    total = 0
+    mean = 0.0
+    m2 = 0.0
+    amax = 0.0
+    zeros = saturated = nonfinite = 0.0
+    for n, (mu, sd, mx, z, s, nf) in zip(numels, rows, strict=True):
+        if n == 0:
+            continue
+        var_sum = sd * sd * (n - 1 if n > 1 else 1) if math.isfinite(sd) else sd
+        if total == 0:
+            mean, m2 = mu, var_sum
+        else:
+            delta = mu - mean
+            combined = total + n
+            m2 = m2 + var_sum + delta * delta * total * n / combined
+            mean = mean + delta * n / combined
+        total += n
+        amax = mx if (math.isnan(mx) or mx > amax) else amax
+        zeros += z
+        saturated += s
+        nonfinite += nf
+    out = {"mean": mean, "std": math.sqrt(m2 / (total - 1)) if total > 1 else 0.0, "abs_max": amax}
+    if total == 0:
+        return {k: math.nan for k in ("mean", "std", "abs_max", "zero_fraction", "nonfinite")}
+    out["zero_fraction"] = zeros / total
+    if bounded:
+        out["saturation"] = saturated / total
+    out["nonfinite"] = nonfinite
+    return out

@@ -1,0 +1,642 @@
+"""Per-layer monitors: ``WeightMonitor``, ``ActivationMonitor``, ``GradientMonitor`` (scheduling only).
+
+When to measure lives here; the math is in :mod:`lightning_init.stats`, the hooks in :mod:`lightning_init.hooks`,
+the writing in :mod:`lightning_init.writers`.
+
+Step convention (``k`` = ``trainer.global_step`` while optimizer step ``k`` runs, i.e. the number of steps done):
+
+- optimizer step ``k`` is a *logging step* when ``(k + 1) % every_n_steps == 0`` (Lightning's own
+  ``log_every_n_steps`` rule, so our curves line up with ``self.log`` metrics); a *histogram step* when
+  ``(k + 1) % histogram_every_n_steps == 0``;
+- activations and gradients of step ``k`` (computed with the weights before the update) are logged at step ``k``;
+- weights after the update of step ``k`` (and the ``update_ratio`` of that update) are logged at step ``k + 1``, the
+  ``global_step`` once the update is done; the weights before any update are logged at fit start (step ``0`` on a
+  fresh run). So with ``every_n_steps=50``: gradients/activations at 49, 99, ...; weights at 0, 50, 100, ...
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from collections.abc import Iterable, Sequence
+from typing import Any, ClassVar
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+from torch import Tensor, nn
+from typing_extensions import override
+
+from lightning_init import writers
+from lightning_init.activations import nonlinearity_of
+from lightning_init.hooks import ActivationRecorder
+from lightning_init.stats import (
+    ACTIVATION_STATS,
+    DEFAULT_ACTIVATION_STATS,
+    DEFAULT_GRAD_STATS,
+    DEFAULT_WEIGHT_STATS,
+    GRAD_STATS,
+    HISTOGRAM_BINS,
+    WEIGHT_STATS,
+    ActivationStat,
+    GradStat,
+    HostHistogram,
+    Table,
+    WeightStat,
+    combine_activation_rows,
+    fetch,
+    histogram_columns,
+    host_histograms,
+    repair,
+    safe_ratio,
+    tensor_columns,
+    total_norm,
+)
+
+__all__ = ["ActivationMonitor", "GradientMonitor", "WeightMonitor"]
+
+#: Histograms are costly (a pass, a scatter and a transfer per tensor) and TensorBoard shows ~30 of them per tag;
+#: every 500 steps keeps them to a few hundred per tag over a long run.
+DEFAULT_HISTOGRAM_EVERY_N_STEPS = 500
+
+
+def _closest(value: str, choices: Iterable[str]) -> str:
+    match = difflib.get_close_matches(value, list(choices), n=1)
+    return f" did you mean {match[0]!r}?" if match else ""
+
+
+def _positive_or_none(arg: str, value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"`{arg}` must be a positive int or None, got {value!r}.")
+    return value
+
+
+def _names(arg: str, value: str | Sequence[str] | None) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    items = (value,) if isinstance(value, str) else tuple(value)
+    for item in items:
+        if not isinstance(item, str):
+            raise ValueError(f"`{arg}` must be glob strings, got {item!r}.")
+    return items
+
+
+def _type_matches(module: nn.Module, module_types: tuple[str | type, ...]) -> bool:
+    for cls in type(module).__mro__:
+        for wanted in module_types:
+            if cls is wanted or cls.__name__ == wanted:
+                return True
+    return False
+
+
+class _LayerMonitor(Callback):
+    """Shared scheduling of the three monitors.
+
+    After every logging step a monitor holds a host-side table ``{name: {stat: value}}`` ordered from input to output
+    and hands it to :meth:`_on_table`, the one place to extend (the default logs the selected statistics as
+    ``{kind}_{stat}/{name}`` scalars to every logger). Rows may carry more statistics than are logged (see
+    ``_extra_stats``).
+    """
+
+    kind: ClassVar[str]
+    _valid_stats: ClassVar[tuple[str, ...]]
+    _default_stats: ClassVar[tuple[str, ...]]
+
+    def __init__(
+        self,
+        every_n_steps: int | None = None,
+        histogram_every_n_steps: int | None = DEFAULT_HISTOGRAM_EVERY_N_STEPS,
+        include: str | Sequence[str] | None = None,
+        exclude: str | Sequence[str] | None = None,
+        module_types: Sequence[str | type[nn.Module]] | None = None,
+        stats: Sequence[str] | None = None,
+    ) -> None:
+        self.every_n_steps = _positive_or_none("every_n_steps", every_n_steps)
+        self.histogram_every_n_steps = _positive_or_none("histogram_every_n_steps", histogram_every_n_steps)
+        self.include = _names("include", include)
+        self.exclude = _names("exclude", exclude)
+        types = () if module_types is None else tuple(module_types)
+        for t in types:
+            if not (isinstance(t, str) or (isinstance(t, type) and issubclass(t, nn.Module))):
+                raise ValueError(f"`module_types` must be nn.Module class names or classes, got {t!r}.")
+        self.module_types: tuple[str | type, ...] = types
+        chosen = self._default_stats if stats is None else ((stats,) if isinstance(stats, str) else tuple(stats))
+        for s in chosen:
+            if s not in self._valid_stats:
+                raise ValueError(
+                    f"`stats` can contain {', '.join(map(repr, self._valid_stats))}, got {s!r}."
+                    + _closest(str(s), self._valid_stats)
+                )
+        self.stats: tuple[str, ...] = tuple(dict.fromkeys(chosen))
+        #: Statistics computed into the table but not logged (e.g. ``row_spread`` for a health verdict).
+        self._extra_stats: tuple[str, ...] = ()
+        self._every: int | None = None
+        self._warned_no_logger = False
+
+    # ------------------------------------------------------------------ scheduling
+
+    @property
+    def _table_stats(self) -> tuple[str, ...]:
+        return self.stats + tuple(s for s in self._extra_stats if s not in self.stats)
+
+    def _logs_scalars(self, k: int) -> bool:
+        return self._every is not None and (k + 1) % self._every == 0
+
+    def _logs_histograms(self, k: int) -> bool:
+        h = self.histogram_every_n_steps
+        return h is not None and (k + 1) % h == 0
+
+    def _selected(self, name: str) -> bool:
+        if self.include and not any(fnmatch.fnmatchcase(name, g) for g in self.include):
+            return False
+        return not any(fnmatch.fnmatchcase(name, g) for g in self.exclude)
+
+    def _watched_parameters(self, pl_module: "pl.LightningModule") -> list[tuple[str, nn.Parameter]]:
+        """Parameters in registration order, tied ones once; with ``module_types`` only those owned by such modules."""
+        if not self.module_types:
+            named = list(pl_module.named_parameters())
+        else:
+            seen: set[int] = set()
+            named = []
+            for mname, module in pl_module.named_modules():
+                if not _type_matches(module, self.module_types):
+                    continue
+                for pname, p in module.named_parameters(prefix=mname, recurse=False):
+                    if id(p) not in seen:
+                        seen.add(id(p))
+                        named.append((pname, p))
+            order = {id(p): i for i, (_, p) in enumerate(pl_module.named_parameters())}
+            named.sort(key=lambda item: order.get(id(item[1]), len(order)))
+        return [(n, p) for n, p in named if self._selected(n)]
+
+    @override
+    def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
+        if stage != "fit":
+            return
+        self._every = (
+            self.every_n_steps
+            if self.every_n_steps is not None
+            else (getattr(trainer, "log_every_n_steps", None) or None)
+        )
+        if not trainer.loggers and not self._warned_no_logger:
+            self._warned_no_logger = True
+            rank_zero_warn(
+                f"{type(self).__name__}: the Trainer has no logger (`logger=False`), nothing will be logged."
+            )
+        writers.request_layout(trainer, self.kind, self.stats)
+
+    @override
+    def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        writers.write_layout(trainer)
+
+    # ------------------------------------------------------------------ the seam
+
+    def _on_table(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", table: Table, step: int) -> None:
+        """Receive the host-side table of a logging step (ordered input -> output) and log its scalars.
+
+        Override (calling ``super()``) to judge the numbers; ``step`` is the step the values are logged at.
+        """
+        metrics = {
+            f"{self.kind}_{stat}/{name}": value
+            for stat in self.stats
+            for name, row in table.items()
+            if (value := row.get(stat)) is not None
+        }
+        writers.log_scalars(trainer, metrics, step)
+
+    def _log_histograms(
+        self, trainer: "pl.Trainer", names: Sequence[str], hists: Sequence[HostHistogram | None], step: int
+    ) -> None:
+        writers.log_histograms(
+            trainer, {f"{self.kind}/{n}": h for n, h in zip(names, hists, strict=True) if h is not None}, step
+        )
+
+    # ------------------------------------------------------------------ cleanup
+
+    def _release(self) -> None:
+        """Drop hooks and every reference to modules or tensors (idempotent)."""
+
+    @override
+    def on_fit_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        self._release()
+
+    @override
+    def on_exception(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", exception: BaseException) -> None:
+        self._release()
+
+    @override
+    def teardown(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
+        self._release()
+
+
+def _param_table(
+    names: Sequence[str],
+    tensors: Sequence[Tensor],
+    stats: Sequence[str],
+    *,
+    extra: dict[str, list[Tensor]] | None = None,
+    histograms: bool = False,
+    count_nonfinite: bool = False,
+) -> tuple[Table, dict[str, list[float]], list[HostHistogram | None]]:
+    """Statistics of ``tensors`` (one transfer), repaired; returns the table, raw host columns and histograms."""
+    cols: dict[str, Any] = dict(tensor_columns(tensors, stats))
+    if extra:
+        cols.update(extra)
+    if histograms and tensors:
+        cols.update(histogram_columns(tensors, HISTOGRAM_BINS))
+    host = fetch(cols)
+    repair(tensors, host, count_nonfinite=count_nonfinite)
+    hists = (
+        host_histograms(host["counts"], host["meta"], len(tensors), HISTOGRAM_BINS) if histograms and tensors else []
+    )
+    wanted = [s for s in stats if s in host]
+    table = {n: {s: host[s][i] for s in wanted} for i, n in enumerate(names)}
+    return table, host, hists
+
+
+class WeightMonitor(_LayerMonitor):
+    """Log per-parameter weight statistics (and histograms) during training.
+
+    Weights are measured before any update (at fit start) and after the update of every logging step; see the module
+    docstring for the step convention. ``update_ratio`` snapshots the watched weights in
+    ``on_before_optimizer_step`` of a logging step only and drops the snapshot right after the update, so memory does
+    not grow with the number of steps.
+
+    Logged metrics (``{param}`` is the qualified parameter name, e.g. ``net.0.weight``):
+
+    - ``weight_mean/{param}``, ``weight_std/{param}`` (unbiased, as ``Tensor.std()``), ``weight_norm/{param}`` (L2),
+      ``weight_abs_max/{param}``;
+    - ``weight_update_ratio/{param}``: ``‖w_after - w_before‖ / ‖w_before‖`` over the optimizer step (healthy
+      training sits near 1e-3; not logged at fit start);
+    - ``weight_row_spread/{param}`` only when asked for in ``stats``;
+    - histograms ``weight/{param}`` (TensorBoard only) on histogram steps and at fit start.
+
+    Args:
+        every_n_steps: log every this many optimizer steps; ``None`` uses ``Trainer(log_every_n_steps=...)``.
+        histogram_every_n_steps: histograms every this many optimizer steps; ``None`` turns them off.
+        include: glob(s) on parameter names to watch (default: all).
+        exclude: glob(s) on parameter names to skip.
+        module_types: watch only parameters owned directly by modules of these types (class names such as
+            ``"Linear"`` or classes; subclasses match). Default: every module that owns parameters.
+        stats: statistics to log (default ``mean, std, norm, abs_max, update_ratio``).
+
+    Raises:
+        ValueError: on a non-positive ``every_n_steps`` / ``histogram_every_n_steps`` or an unknown statistic.
+
+    Example::
+
+        import lightning.pytorch as pl
+        from lightning_init import WeightMonitor
+
+        trainer = pl.Trainer(max_steps=10, callbacks=[WeightMonitor(every_n_steps=5)])
+    """
+
+    kind = "weight"
+    _valid_stats = WEIGHT_STATS
+    _default_stats = DEFAULT_WEIGHT_STATS
+
+    def __init__(
+        self,
+        every_n_steps: int | None = None,
+        histogram_every_n_steps: int | None = DEFAULT_HISTOGRAM_EVERY_N_STEPS,
+        include: str | Sequence[str] | None = None,
+        exclude: str | Sequence[str] | None = None,
+        module_types: Sequence[str | type[nn.Module]] | None = None,
+        stats: Sequence[WeightStat] | None = None,
+    ) -> None:
+        super().__init__(every_n_steps, histogram_every_n_steps, include, exclude, module_types, stats)
+        self._pending: int | None = None  # the optimizer step whose result is to be logged
+        self._pending_histograms = False
+        self._pending_scalars = False
+        self._snapshot: list[Tensor] = []
+        self._snapshot_norms: list[Tensor] = []
+
+    @override
+    def _release(self) -> None:
+        self._pending = None
+        self._snapshot = []
+        self._snapshot_norms = []
+
+    def _measure(
+        self,
+        trainer: "pl.Trainer",
+        pl_module: "pl.LightningModule",
+        step: int,
+        *,
+        scalars: bool,
+        histograms: bool,
+    ) -> None:
+        named = self._watched_parameters(pl_module)
+        names = [n for n, _ in named]
+        tensors = [p.detach() for _, p in named]
+        stats = [s for s in self._table_stats if s != "update_ratio"]
+        extra: dict[str, list[Tensor]] = {}
+        snapshot_ok = scalars and "update_ratio" in self._table_stats and len(self._snapshot) == len(tensors) > 0
+        if snapshot_ok:
+            diffs = torch._foreach_sub(tensors, self._snapshot)
+            extra = {"_diff": list(torch._foreach_norm(diffs)), "_before": self._snapshot_norms}
+            del diffs
+        self._snapshot, self._snapshot_norms = [], []
+        table, host, hists = _param_table(names, tensors, stats if scalars else [], extra=extra, histograms=histograms)
+        if scalars:
+            if snapshot_ok:
+                for i, name in enumerate(names):
+                    table[name]["update_ratio"] = safe_ratio(host["_diff"][i], host["_before"][i])
+            self._on_table(trainer, pl_module, table, step)
+        if histograms:
+            self._log_histograms(trainer, names, hists, step)
+
+    @override
+    def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        super().on_train_start(trainer, pl_module)
+        if self._every is None and self.histogram_every_n_steps is None:
+            return
+        with torch.no_grad():
+            self._measure(
+                trainer,
+                pl_module,
+                trainer.global_step,
+                scalars=self._every is not None,
+                histograms=self.histogram_every_n_steps is not None,
+            )
+
+    @override
+    def on_before_optimizer_step(
+        self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", optimizer: torch.optim.Optimizer
+    ) -> None:
+        k = trainer.global_step
+        if self._pending is not None:  # second optimizer of the same batch: one snapshot is enough
+            return
+        scalars, histograms = self._logs_scalars(k), self._logs_histograms(k)
+        if not (scalars or histograms):
+            return
+        self._pending = k
+        self._pending_histograms = histograms
+        self._pending_scalars = scalars
+        if scalars and "update_ratio" in self._table_stats:
+            with torch.no_grad():
+                params = [p.detach() for _, p in self._watched_parameters(pl_module)]
+                self._snapshot = [p.clone() for p in params]
+                self._snapshot_norms = list(torch._foreach_norm(params)) if params else []
+
+    @override
+    def on_train_batch_end(
+        self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self._pending is None or trainer.global_step <= self._pending:
+            return
+        self._pending = None
+        with torch.no_grad():
+            self._measure(
+                trainer,
+                pl_module,
+                trainer.global_step,
+                scalars=self._pending_scalars,
+                histograms=self._pending_histograms,
+            )
+
+
+class GradientMonitor(_LayerMonitor):
+    """Log per-parameter gradient statistics (and histograms) during training.
+
+    Gradients are read in ``on_before_optimizer_step``, where they are final for the step: after AMP unscaling, after
+    every accumulation micro-batch and after DDP's all-reduce, before gradient clipping (in ``on_after_backward`` a
+    16-bit run shows them still scaled by the GradScaler). Only parameters of the optimizer being stepped that have a
+    dense ``.grad`` are reported; tied parameters once. Values are logged at the step they belong to
+    (``trainer.global_step`` before the update).
+
+    Logged metrics (``{param}`` is the qualified parameter name):
+
+    - ``grad_norm/{param}`` (L2), ``grad_mean/{param}``, ``grad_std/{param}``, ``grad_abs_max/{param}``;
+    - ``grad_nonfinite/{param}``: number of NaN/Inf elements (the other statistics then are NaN/Inf);
+    - ``grad_ratio/{param}``: ``‖g‖ / ‖w‖``;
+    - ``grad_norm/total``: L2 norm over all reported gradients (with ``norm``);
+    - histograms ``grad/{param}`` of the finite values (TensorBoard only) on histogram steps.
+
+    Args:
+        every_n_steps: log every this many optimizer steps; ``None`` uses ``Trainer(log_every_n_steps=...)``.
+        histogram_every_n_steps: histograms every this many optimizer steps; ``None`` turns them off.
+        include: glob(s) on parameter names to watch (default: all).
+        exclude: glob(s) on parameter names to skip.
+        module_types: watch only parameters owned directly by modules of these types (class names or classes).
+        stats: statistics to log (default: all of ``norm, mean, std, abs_max, nonfinite, ratio``).
+
+    Raises:
+        ValueError: on a non-positive ``every_n_steps`` / ``histogram_every_n_steps`` or an unknown statistic.
+
+    Example::
+
+        import lightning.pytorch as pl
+        from lightning_init import GradientMonitor
+
+        trainer = pl.Trainer(max_steps=10, callbacks=[GradientMonitor(every_n_steps=5)])
+    """
+
+    kind = "grad"
+    _valid_stats = GRAD_STATS
+    _default_stats = DEFAULT_GRAD_STATS
+
+    def __init__(
+        self,
+        every_n_steps: int | None = None,
+        histogram_every_n_steps: int | None = DEFAULT_HISTOGRAM_EVERY_N_STEPS,
+        include: str | Sequence[str] | None = None,
+        exclude: str | Sequence[str] | None = None,
+        module_types: Sequence[str | type[nn.Module]] | None = None,
+        stats: Sequence[GradStat] | None = None,
+    ) -> None:
+        super().__init__(every_n_steps, histogram_every_n_steps, include, exclude, module_types, stats)
+
+    @override
+    def on_before_optimizer_step(
+        self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", optimizer: torch.optim.Optimizer
+    ) -> None:
+        k = trainer.global_step
+        scalars, histograms = self._logs_scalars(k), self._logs_histograms(k)
+        if not (scalars or histograms):
+            return
+        in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        named = [
+            (n, p)
+            for n, p in self._watched_parameters(pl_module)
+            if p.requires_grad and id(p) in in_optimizer and p.grad is not None and not p.grad.is_sparse
+        ]
+        names = [n for n, _ in named]
+        grads = [p.grad.detach() for _, p in named if p.grad is not None]
+        wanted = self._table_stats if scalars else ()
+        extra: dict[str, list[Tensor]] = {}
+        if "ratio" in wanted and named:
+            extra["_wnorm"] = list(torch._foreach_norm([p.detach() for _, p in named]))
+        needs_norm = [s for s in wanted if s != "ratio"] + (["norm"] if "ratio" in wanted else [])
+        with torch.no_grad():
+            table, host, hists = _param_table(
+                names, grads, needs_norm, extra=extra, histograms=histograms, count_nonfinite="nonfinite" in wanted
+            )
+        if scalars:
+            if "nonfinite" in wanted:
+                for i, name in enumerate(names):
+                    table[name]["nonfinite"] = host["nonfinite"][i]
+            if "ratio" in wanted:
+                for i, name in enumerate(names):
+                    table[name]["ratio"] = safe_ratio(host["norm"][i], host["_wnorm"][i])
+                    if "norm" not in wanted:
+                        del table[name]["norm"]
+            if "norm" in wanted and names:
+                table["total"] = {"norm": total_norm(host["norm"])}
+            self._on_table(trainer, pl_module, table, k)
+        if histograms:
+            self._log_histograms(trainer, names, hists, k)
+
+
+class ActivationMonitor(_LayerMonitor):
+    """Log per-module output statistics (and histograms) of training steps that log.
+
+    Forward hooks are registered in ``on_train_batch_start`` only when the optimizer step the batch belongs to logs,
+    and removed as soon as that step is done (never during sanity checking or validation; no hook work at all on the
+    other steps). A hook keeps only small float32 reductions of the module's output (the first floating-point tensor
+    of a tuple/list/dict output), never the tensor. With gradient accumulation the statistics cover every
+    micro-batch of the step (merged exactly); a module called several times per step is reported over all calls.
+
+    Watched by default: every non-root module that owns parameters directly (``Linear``, ``Conv``, norms...) plus every
+    activation module (``lightning_init.activations.nonlinearity_of`` is not None: ``ReLU``, ``Tanh``...), since
+    dead units and saturation are properties of activation outputs. Functional activations (``F.relu``) cannot be
+    hooked. Rows are ordered by forward execution (input -> output).
+
+    Logged metrics at the step of the batch (``{module}`` is the qualified module name, e.g. ``net.3``):
+
+    - ``activation_mean/{module}``, ``activation_std/{module}`` (unbiased), ``activation_abs_max/{module}``;
+    - ``activation_zero_fraction/{module}``: fraction of exactly-zero outputs (dead units after ReLU-like layers);
+    - ``activation_saturation/{module}`` (bounded activations only: tanh, sigmoid and their hard variants): fraction
+      of outputs within 0.01 of a bound of the output range, i.e. ``|y| > 0.99`` for tanh, ``y < 0.01`` or
+      ``y > 0.99`` for sigmoid;
+    - ``activation_nonfinite/{module}``: number of NaN/Inf outputs;
+    - histograms ``activation/{module}`` (TensorBoard only) of the first micro-batch of a histogram step.
+
+    Args:
+        every_n_steps: log every this many optimizer steps; ``None`` uses ``Trainer(log_every_n_steps=...)``.
+        histogram_every_n_steps: histograms every this many optimizer steps; ``None`` turns them off.
+        include: glob(s) on module names to watch.
+        exclude: glob(s) on module names to skip.
+        module_types: watch modules of these types instead of the default (class names or classes).
+        stats: statistics to log (default: all of ``mean, std, abs_max, zero_fraction, saturation, nonfinite``).
+
+    Raises:
+        ValueError: on a non-positive ``every_n_steps`` / ``histogram_every_n_steps`` or an unknown statistic.
+
+    Example::
+
+        import lightning.pytorch as pl
+        from lightning_init import ActivationMonitor
+
+        trainer = pl.Trainer(max_steps=10, callbacks=[ActivationMonitor(every_n_steps=5)])
+    """
+
+    kind = "activation"
+    _valid_stats = ACTIVATION_STATS
+    _default_stats = DEFAULT_ACTIVATION_STATS
+
+    def __init__(
+        self,
+        every_n_steps: int | None = None,
+        histogram_every_n_steps: int | None = DEFAULT_HISTOGRAM_EVERY_N_STEPS,
+        include: str | Sequence[str] | None = None,
+        exclude: str | Sequence[str] | None = None,
+        module_types: Sequence[str | type[nn.Module]] | None = None,
+        stats: Sequence[ActivationStat] | None = None,
+    ) -> None:
+        super().__init__(every_n_steps, histogram_every_n_steps, include, exclude, module_types, stats)
+        self._recorder = ActivationRecorder()
+        self._recording: int | None = None  # the optimizer step being recorded
+        self._recording_scalars = False
+        self._recording_histograms = False
+        #: Module name -> nonlinearity name (None for parameterized layers) of the modules of the last table.
+        self.nonlinearities: dict[str, str | None] = {}
+
+    def _watched_modules(self, pl_module: "pl.LightningModule") -> list[tuple[str, nn.Module]]:
+        out = []
+        for name, module in pl_module.named_modules():
+            if not name:
+                continue
+            if self.module_types:
+                keep = _type_matches(module, self.module_types)
+            else:
+                keep = nonlinearity_of(module) is not None or next(module.parameters(recurse=False), None) is not None
+            if keep and self._selected(name):
+                out.append((name, module))
+        return out
+
+    @override
+    def _release(self) -> None:
+        self._recorder.clear()
+        self._recording = None
+
+    @override
+    def on_train_batch_start(
+        self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", batch: Any, batch_idx: int
+    ) -> None:
+        k = trainer.global_step
+        if self._recording is not None:
+            if self._recording == k:  # next micro-batch of the step being recorded
+                return
+            self._finish(trainer, pl_module)  # the step ended without our noticing (should not happen)
+        scalars, histograms = self._logs_scalars(k), self._logs_histograms(k)
+        if not (scalars or histograms):
+            return
+        self._recording = k
+        self._recording_scalars, self._recording_histograms = scalars, histograms
+        self._recorder.start(self._watched_modules(pl_module), histograms=histograms)
+
+    @override
+    def on_train_batch_end(
+        self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self._recording is not None and trainer.global_step > self._recording:
+            self._finish(trainer, pl_module)
+
+    @override
+    def on_train_epoch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        if self._recording is not None:
+            self._finish(trainer, pl_module)
+
+    @override
+    def on_validation_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        self._recorder.enabled = False
+
+    @override
+    def on_validation_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        self._recorder.enabled = True
+
+    def _finish(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        """Remove the hooks, fetch the records in one transfer, log them at the recorded step."""
+        rec, step = self._recorder, self._recording
+        rec.stop()
+        self._recording = None
+        if step is None or not rec.rows:
+            rec.clear()
+            return
+        names = list(rec.rows)
+        hist_names = [n for n in names if n in rec.histograms] if self._recording_histograms else []
+        cols: dict[str, Any] = {f"r{i}": torch.stack(rec.rows[n]) for i, n in enumerate(names)}
+        for i, n in enumerate(hist_names):
+            cols[f"c{i}"] = rec.histograms[n]["counts"]
+            cols[f"m{i}"] = rec.histograms[n]["meta"]
+        host = fetch(cols)
+        width = len(rec.rows[names[0]][0])
+        table: Table = {}
+        modules = dict(pl_module.named_modules())
+        self.nonlinearities = {}
+        for i, n in enumerate(names):
+            flat = host[f"r{i}"]
+            rows = [flat[j : j + width] for j in range(0, len(flat), width)]
+            full = combine_activation_rows(rec.numels[n], rows, rec.bounded.get(n, False))
+            table[n] = {s: full[s] for s in self._table_stats if s in full}
+            self.nonlinearities[n] = nonlinearity_of(modules[n]) if n in modules else None
+        hists = [host_histograms(host[f"c{i}"], host[f"m{i}"], 1, HISTOGRAM_BINS)[0] for i in range(len(hist_names))]
+        rec.clear()
+        if self._recording_scalars:
+            self._on_table(trainer, pl_module, table, step)
+        if hist_names:
+            self._log_histograms(trainer, hist_names, hists, step)

@@ -1,0 +1,188 @@
+"""``WeightInit``: when to initialize (fit start, never on resume, identical on every DDP rank).
+
+The math lives in :mod:`lightning_init.init` / :mod:`lightning_init.schemes`; this callback only schedules it.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import TYPE_CHECKING, Any
+
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
+from typing_extensions import override
+
+from lightning_init.init import InitReport, init_module
+from lightning_init.rules import InitRule, as_rules
+from lightning_init.schemes import FanMode, Nonlinearity, SchemeName, validate_scheme
+from lightning_init.writers import log_text
+
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
+
+#: Schemes that need the first training batch (data-dependent, e.g. LSUV): applied at the first
+#: ``on_train_batch_start`` instead of ``on_fit_start``.
+DATA_SCHEMES: frozenset[str] = frozenset()
+
+
+class WeightInit(Callback):
+    r"""Apply a weight initializer to the LightningModule once, when fit starts.
+
+    Every layer the module owns at ``on_fit_start`` is initialized, including layers built in ``setup`` or
+    ``configure_model`` (both run before). ``scheme="auto"`` picks per layer from the activation that follows it
+    (Xavier for tanh/sigmoid and for a layer followed by nothing, Kaiming for the ReLU family and GELU/SiLU/ELU/
+    Softplus, LeCun normal for SELU); it runs one side-effect-free forward of ``example_input_array`` when the module
+    has one. See :func:`lightning_init.init_module` for what norms, embeddings, RNNs and attention get.
+
+    - **Resume:** when fit resumes from a checkpoint (``ckpt_path``) or this callback's state says it already ran, it
+      changes nothing and logs one info line.
+    - **DDP:** parameters are broadcast from rank 0 after init, so every rank holds the same weights.
+    - **FSDP / DeepSpeed / ModelParallel:** refused (parameters are sharded and restored after setup); call
+      ``lightning_init.init_module(self, ...)`` inside ``configure_model`` instead.
+    - **Report:** a per-layer table (layer, shape, scheme, fan_in, fan_out, gain, expected std, actual std) printed
+      once on rank zero and written to TensorBoard's Text tab under ``weight_init/report``.
+    - **Symmetry:** layers whose output units are all identical after init (zeros, constants) get a ``UserWarning``.
+    - Torch's global RNG is never used or changed: ``seed`` seeds a private ``torch.Generator``; without it the
+      generator is seeded from the OS.
+
+    Args:
+        scheme: The initializer (``auto`` by default).
+        mean: ``normal`` / ``trunc_normal`` mean (default 0).
+        std: ``normal`` / ``trunc_normal`` standard deviation, > 0 (default 1).
+        a: ``uniform`` / ``trunc_normal`` lower bound, or leaky_relu's negative slope for Kaiming / ``auto``.
+        b: ``uniform`` / ``trunc_normal`` upper bound.
+        mode: Kaiming fan mode (default ``fan_in``).
+        nonlinearity: Kaiming / Xavier / orthogonal gain's nonlinearity; for ``auto``, overrides detection.
+        gain: Xavier / orthogonal gain, > 0 (default 1).
+        value: ``constant``'s value.
+        bias: Constant for every bias (default 0).
+        rules: Per-layer overrides, first match wins (``name`` glob and/or ``type``, a scheme and its parameters, or
+            ``scheme: skip`` to leave layers untouched, e.g. a pretrained backbone).
+        seed: Reproducible weights, independent of ``torch.manual_seed``.
+        weights_loaded: You loaded weights yourself (fine-tuning): only layers that a rule matches are initialized,
+            everything else keeps its weights.
+
+    Raises:
+        ValueError: In ``__init__``, for an unknown scheme (with the closest name), a parameter the scheme does not
+            take or a value out of range; at fit start, for a rule that matches no layer.
+        RuntimeError: In ``setup``, under FSDP, DeepSpeed or ModelParallel strategies.
+
+    Example::
+
+        import lightning.pytorch as pl
+        from lightning_init import WeightInit
+
+        trainer = pl.Trainer(callbacks=[WeightInit(scheme="kaiming_normal", nonlinearity="relu", seed=0)])
+    """
+
+    def __init__(
+        self,
+        scheme: SchemeName = "auto",
+        *,
+        mean: float | None = None,
+        std: float | None = None,
+        a: float | None = None,
+        b: float | None = None,
+        mode: FanMode | None = None,
+        nonlinearity: Nonlinearity | None = None,
+        gain: float | None = None,
+        value: float | None = None,
+        bias: float = 0.0,
+        rules: list[InitRule] | None = None,
+        seed: int | None = None,
+        weights_loaded: bool = False,
+    ) -> None:
+        params = {"mean": mean, "std": std, "a": a, "b": b, "mode": mode, "nonlinearity": nonlinearity}
+        params |= {"gain": gain, "value": value}
+        self.scheme = scheme
+        self.params: dict[str, Any] = {k: v for k, v in params.items() if v is not None}
+        validate_scheme(scheme, self.params)
+        self.rules = as_rules(rules)
+        self.bias = float(bias)
+        self.seed = seed
+        self.weights_loaded = weights_loaded
+        self.report: InitReport | None = None
+        self._applied = False
+        self._pending = False
+
+    @override
+    def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
+        if stage != "fit":
+            return
+        refused = _refused_strategy(trainer.strategy)
+        if refused is not None:
+            raise RuntimeError(
+                f"WeightInit cannot initialize parameters under {refused}: it shards them and restores checkpoints "
+                "after setup. Remove WeightInit and call `lightning_init.init_module(self, ...)` (same scheme and "
+                "parameters) inside your LightningModule's `configure_model` instead."
+            )
+
+    @override
+    def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        if self._applied or trainer.ckpt_path is not None:
+            self._applied = True
+            where = f"checkpoint {trainer.ckpt_path}" if trainer.ckpt_path is not None else "restored callback state"
+            rank_zero_info(f"WeightInit: resuming from {where}; weights left unchanged.")
+            return
+        if self.weights_loaded and not self.rules:
+            self._applied = True
+            rank_zero_info("WeightInit: weights_loaded=True and no rules; weights left unchanged.")
+            return
+        if self.scheme in DATA_SCHEMES or any(r.scheme in DATA_SCHEMES for r in self.rules):
+            self._pending = True
+            return
+        self._apply(trainer, pl_module, batch=None)
+
+    @override
+    def on_train_batch_start(
+        self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", batch: Any, batch_idx: int
+    ) -> None:
+        if self._pending:
+            self._apply(trainer, pl_module, batch=batch)
+
+    def _apply(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", batch: Any) -> None:
+        """Initialize, synchronize ranks, report. The one place a scheme is resolved and applied."""
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            report = init_module(
+                pl_module,
+                self.scheme,
+                rules=self.rules,
+                bias=self.bias,
+                seed=self.seed,
+                example_input=pl_module.example_input_array,
+                only_rules=self.weights_loaded,
+                **self.params,
+            )
+        _broadcast_from_rank_zero(trainer, pl_module)
+        self._applied, self._pending, self.report = True, False, report
+        for w in caught:
+            rank_zero_warn(str(w.message), category=w.category)
+        rank_zero_info(f"WeightInit ({self.scheme}):\n{report.to_text()}")
+        log_text(trainer, "weight_init/report", report.to_markdown(), trainer.global_step)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"applied": self._applied}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._applied = bool(state_dict.get("applied", False))
+
+
+def _broadcast_from_rank_zero(trainer: "pl.Trainer", module: torch.nn.Module) -> None:
+    """Copy rank 0's parameters and buffers to every rank (DDP broadcast only once, when it wrapped the model)."""
+    if trainer.world_size <= 1 or not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    for tensor in [*module.parameters(), *module.buffers()]:
+        torch.distributed.broadcast(tensor.data, src=0)
+
+
+def _refused_strategy(strategy: object) -> str | None:
+    """The name of ``strategy``'s class when it shards parameters (FSDP, DeepSpeed, ModelParallel), else ``None``."""
+    from lightning.pytorch import strategies
+
+    names = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")
+    refused = tuple(cls for cls in (getattr(strategies, n, None) for n in names) if isinstance(cls, type))
+    return type(strategy).__name__ if isinstance(strategy, refused) else None

@@ -1,0 +1,124 @@
+"""Forward-hook handling: a container of removable handles and the activation recorder (pure torch).
+
+Never imports Lightning. The monitors decide *when* to record; this module makes sure hooks keep only small
+reductions (never the activation itself) and are always removable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from types import TracebackType
+from typing import Any
+
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from lightning_init.activations import BOUNDED, nonlinearity_of
+from lightning_init.stats import (
+    HISTOGRAM_BINS,
+    activation_row,
+    first_float_tensor,
+    histogram_columns,
+)
+
+__all__ = ["ActivationRecorder", "HookSet"]
+
+
+class HookSet:
+    """A container of ``RemovableHandle`` with an idempotent :meth:`remove`; usable as a context manager.
+
+    Example::
+
+        with HookSet() as hooks:
+            hooks.add(layer.register_forward_hook(fn))
+            model(x)
+        # every hook is gone here, also after an exception
+    """
+
+    def __init__(self) -> None:
+        self._handles: list[RemovableHandle] = []
+
+    def add(self, handle: RemovableHandle) -> None:
+        """Keep ``handle`` for removal."""
+        self._handles.append(handle)
+
+    def remove(self) -> None:
+        """Remove every hook (safe to call any number of times)."""
+        handles, self._handles = self._handles, []
+        for handle in handles:
+            handle.remove()
+
+    def __len__(self) -> int:
+        return len(self._handles)
+
+    def __enter__(self) -> HookSet:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.remove()
+
+
+class ActivationRecorder:
+    """Record small reductions of module outputs between :meth:`start` and :meth:`stop`.
+
+    Each call of a watched module appends one float32 row of :data:`lightning_init.stats.ACTIVATION_ROW` (computed on
+    the output's device, no host transfer) and its element count; with ``histograms=True`` the first call of each
+    module on the step also keeps an on-device histogram of its output. The output tensor itself is never kept.
+    A module called several times (shared module, several micro-batches) is reported over all its calls. Rows are
+    kept in the order modules first ran (forward execution order, input -> output).
+
+    ``enabled`` can be set to ``False`` to ignore calls (e.g. during a validation run in the middle of a step).
+    """
+
+    def __init__(self) -> None:
+        self.hooks = HookSet()
+        self.enabled = True
+        self.rows: dict[str, list[Tensor]] = {}
+        self.numels: dict[str, list[int]] = {}
+        self.histograms: dict[str, dict[str, Tensor]] = {}
+        self.bounded: dict[str, bool] = {}
+        self._histograms = False
+
+    @property
+    def active(self) -> bool:
+        """Whether hooks are registered."""
+        return len(self.hooks) > 0
+
+    def start(self, modules: Iterable[tuple[str, nn.Module]], *, histograms: bool = False) -> None:
+        """Register a forward hook on each ``(name, module)``; clears previous records."""
+        self.stop()
+        self._histograms = histograms
+        self.enabled = True
+        for name, module in modules:
+            nl = nonlinearity_of(module)
+            bounds = BOUNDED.get(nl) if nl is not None else None
+            self.bounded[name] = bounds is not None
+            self.hooks.add(module.register_forward_hook(self._hook(name, bounds)))
+
+    def _hook(self, name: str, bounds: tuple[float, float] | None) -> Callable[[nn.Module, Any, Any], None]:
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            if not self.enabled:
+                return
+            out = first_float_tensor(output)
+            if out is None:
+                return
+            self.rows.setdefault(name, []).append(activation_row(out, bounds))
+            self.numels.setdefault(name, []).append(out.numel())
+            if self._histograms and name not in self.histograms:
+                self.histograms[name] = histogram_columns([out], HISTOGRAM_BINS)
+
+        return hook
+
+    def stop(self) -> None:
+        """Remove the hooks (records stay until :meth:`clear`)."""
+        self.hooks.remove()
+
+    def clear(self) -> None:
+        """Remove the hooks and drop every record."""
+        self.stop()
+        self.rows = {}
+        self.numels = {}
+        self.histograms = {}
+        self.bounded = {}

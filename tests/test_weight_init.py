@@ -1,0 +1,337 @@
+import json
+import math
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.strategies import FSDPStrategy
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_init import InitRule, WeightInit
+
+
+class TinyModel(pl.LightningModule):
+    """A 4 -> 256 -> 256 -> 1 MLP; ``head`` is built in ``configure_model`` (after __init__, before on_fit_start)."""
+
+    def __init__(self, width: int = 256, activation: str = "relu") -> None:
+        super().__init__()
+        act = nn.ReLU() if activation == "relu" else nn.Tanh()
+        self.body = nn.Sequential(nn.Linear(4, width), act, nn.Linear(width, width), nn.Tanh())
+        self.width = width
+        self.head: nn.Module | None = None
+        self.example_input_array = torch.zeros(2, 4)
+
+    def configure_model(self) -> None:
+        if self.head is None:
+            self.head = nn.Linear(self.width, 1)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return nn.functional.mse_loss(self(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.05)
+
+    def train_dataloader(self):
+        g = torch.Generator().manual_seed(0)
+        return DataLoader(TensorDataset(torch.randn(64, 4, generator=g), torch.randn(64, 1, generator=g)), batch_size=8)
+
+
+class FirstBatchWeights(pl.Callback):
+    """Reference: a copy of every parameter at the first training batch."""
+
+    def __init__(self):
+        self.weights = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self.weights is None:
+            self.weights = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+
+
+class RngSnapshot(pl.Callback):
+    def __init__(self):
+        self.state = None
+
+    def on_fit_start(self, trainer, pl_module):
+        self.state = torch.get_rng_state()
+
+
+def _trainer(tmp_path, callbacks, max_steps=2, logger=False, **kw):
+    return pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=logger,
+        callbacks=callbacks,
+        max_steps=max_steps,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        log_every_n_steps=1,
+        default_root_dir=tmp_path,
+        **kw,
+    )
+
+
+def test_fit_applies_scheme_including_configure_model_layers(tmp_path):
+    ref = FirstBatchWeights()
+    _trainer(tmp_path, [WeightInit("kaiming_normal", nonlinearity="relu", bias=0.05, seed=0), ref]).fit(TinyModel())
+    w = ref.weights
+    # N = 65536 samples: sample std relative standard error 1/sqrt(2N) = 0.28 %; 6 % = 20 standard errors.
+    assert w["body.2.weight"].std().item() == pytest.approx(math.sqrt(2 / 256), rel=0.06)
+    assert w["head.weight"].std().item() == pytest.approx(math.sqrt(2 / 256), rel=0.3)  # 256 samples: 4.4 % SE
+    assert torch.all(w["head.bias"] == 0.05)
+    assert torch.all(w["body.0.bias"] == 0.05)
+
+
+def test_auto_uses_example_input_and_report_reaches_tensorboard(tmp_path):
+    ref = FirstBatchWeights()
+    cb = WeightInit(seed=0)
+    logger = TensorBoardLogger(tmp_path, name="tb")
+    _trainer(tmp_path, [cb, ref], logger=logger).fit(TinyModel())
+    assert ref.weights["body.0.weight"].std().item() == pytest.approx(math.sqrt(2 / 4), rel=0.06)  # relu: Kaiming
+    # tanh follows body.2: Xavier sqrt(2 / 512); N = 65536.
+    assert ref.weights["body.2.weight"].std().item() == pytest.approx(math.sqrt(2 / 512), rel=0.06)
+    ea = EventAccumulator(logger.log_dir, size_guidance={"tensors": 0}).Reload()
+    tags = [t for t in ea.Tags()["tensors"] if t.startswith("weight_init/report")]
+    assert tags
+    text = ea.Tensors(tags[0])[0].tensor_proto.string_val[0].decode()
+    assert "| layer | shape | scheme | fan_in | fan_out | gain | expected std | actual std |" in text
+    assert "| body.2.weight | 256x256 | auto: xavier_normal (tanh) | 256 | 256 |" in text
+    assert cb.report is not None
+    assert len(cb.report.rows) == 3
+
+
+def test_resume_changes_nothing_bit_for_bit(tmp_path):
+    model = TinyModel()
+    trainer = _trainer(tmp_path, [WeightInit("xavier_normal", seed=0)], max_steps=3)
+    trainer.fit(model)
+    ckpt = tmp_path / "last.ckpt"
+    trainer.save_checkpoint(ckpt)
+    saved = torch.load(ckpt, weights_only=False)
+    assert saved["callbacks"]["WeightInit"] == {"applied": True}
+
+    ref, other = FirstBatchWeights(), WeightInit("zeros")
+    _trainer(tmp_path, [other, ref], max_steps=5).fit(TinyModel(), ckpt_path=ckpt)
+    assert other.report is None
+    assert ref.weights.keys() == saved["state_dict"].keys()
+    for key, value in saved["state_dict"].items():
+        assert torch.equal(ref.weights[key], value), key
+
+
+def test_restored_state_alone_skips(tmp_path):
+    cb, ref = WeightInit("zeros"), FirstBatchWeights()
+    cb.load_state_dict({"applied": True})
+    model = TinyModel()
+    model.configure_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    _trainer(tmp_path, [cb, ref]).fit(model)
+    assert all(torch.equal(ref.weights[k], v) for k, v in before.items())
+
+
+def test_weights_loaded_initializes_only_rule_matches(tmp_path):
+    model = TinyModel()
+    model.configure_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ref = FirstBatchWeights()
+    cb = WeightInit("zeros", weights_loaded=True, rules=[InitRule(name="head", scheme="normal", std=0.5)], seed=0)
+    _trainer(tmp_path, [cb, ref]).fit(model)
+    assert all(torch.equal(ref.weights[k], before[k]) for k in before if k.startswith("body"))
+    assert not torch.equal(ref.weights["head.weight"], before["head.weight"])
+    assert cb.report.skipped == ["body.0", "body.2"]
+
+
+@pytest.mark.parametrize("seed", [None, 5])
+def test_global_rng_untouched_and_seed_reproducible(tmp_path, seed):
+    before, after, ref = RngSnapshot(), RngSnapshot(), FirstBatchWeights()
+    torch.manual_seed(0)
+    _trainer(tmp_path, [before, WeightInit("orthogonal", seed=seed), after, ref]).fit(TinyModel())
+    assert torch.equal(before.state, after.state)
+    if seed is not None:
+        ref2 = FirstBatchWeights()
+        torch.manual_seed(1234)  # different global RNG, different construction-time weights
+        _trainer(tmp_path, [WeightInit("orthogonal", seed=seed), ref2]).fit(TinyModel())
+        for key in ref.weights:
+            assert torch.equal(ref.weights[key], ref2.weights[key]), key
+
+
+def test_state_dict_round_trip():
+    cb = WeightInit()
+    assert cb.state_dict() == {"applied": False}
+    cb.load_state_dict({"applied": True})
+    assert cb.state_dict() == {"applied": True}
+
+
+def test_bad_input_in_init():
+    with pytest.raises(ValueError, match=r"`scheme` must be one of .*Did you mean 'kaiming_normal'\?"):
+        WeightInit(scheme="kaiming_normall")
+    with pytest.raises(ValueError, match=r"`std` must be a finite number > 0, got 0.0"):
+        WeightInit(scheme="normal", std=0.0)
+    with pytest.raises(ValueError, match=r"`std`=0.01 is not a parameter of scheme 'xavier_normal'"):
+        WeightInit(scheme="xavier_normal", std=0.01)
+    with pytest.raises(ValueError, match=r"Did you mean 'fan_out'\?"):
+        WeightInit(scheme="kaiming_normal", mode="fan_ot")
+
+
+def test_rule_matching_nothing_fails_at_fit_start(tmp_path):
+    with pytest.raises(ValueError, match=r"InitRule\(name='backbone'.*matches no layer.*'body.0' \(Linear\)"):
+        _trainer(tmp_path, [WeightInit(rules=[InitRule(name="backbone", scheme="skip")])]).fit(TinyModel())
+
+
+def test_fsdp_is_refused_with_advice():
+    trainer = type("T", (), {"strategy": FSDPStrategy()})()
+    with pytest.raises(
+        RuntimeError, match=r"FSDPStrategy.*lightning_init.init_module\(self, \.\.\.\).*configure_model"
+    ):
+        WeightInit().setup(trainer, None, "fit")
+
+
+# ---------------------------------------------------------------- LightningCLI
+
+
+@pytest.fixture(autouse=True)
+def _no_pytest_argv(monkeypatch):
+    monkeypatch.setattr(sys, "argv", [sys.argv[0]])
+
+
+def _cli(tmp_path, init_args: str, extra=()):
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        textwrap.dedent(
+            """\
+            trainer:
+              accelerator: cpu
+              devices: 1
+              max_steps: 2
+              logger: false
+              enable_checkpointing: false
+              enable_progress_bar: false
+              enable_model_summary: false
+              callbacks:
+                - class_path: lightning_init.WeightInit
+                  init_args:
+            """
+        )
+        + textwrap.indent(textwrap.dedent(init_args), " " * 8)
+    )
+    args = ["fit", "--config", str(config), f"--trainer.default_root_dir={tmp_path}", *extra]
+    return LightningCLI(TinyModel, args=args, save_config_callback=None)
+
+
+def test_cli_yaml_fit_with_rules(tmp_path):
+    cli = _cli(
+        tmp_path,
+        """\
+        scheme: kaiming_normal
+        nonlinearity: relu
+        seed: 3
+        rules:
+          - name: "head"
+            scheme: normal
+            std: 0.01
+          - type: Linear
+            scheme: xavier_uniform
+            gain: 2.0
+        """,
+    )
+    cb = next(c for c in cli.trainer.callbacks if isinstance(c, WeightInit))
+    assert cb.rules == [
+        InitRule(name="head", scheme="normal", std=0.01),
+        InitRule(type="Linear", scheme="xavier_uniform", gain=2.0),
+    ]
+    assert cli.trainer.global_step == 2
+    assert [r.scheme for r in cb.report.rows] == ["xavier_uniform", "xavier_uniform", "normal"]
+
+
+def test_cli_print_config_documents_parameters(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        _cli(tmp_path, "scheme: normal\nstd: 0.02\n", extra=["--print_config"])
+    out = capsys.readouterr().out
+    for key in (
+        "scheme: normal",
+        "std: 0.02",
+        "mode: null",
+        "nonlinearity: null",
+        "rules: null",
+        "weights_loaded: false",
+    ):
+        assert key in out
+
+
+def test_cli_typo_is_a_parser_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        _cli(tmp_path, "scheme: kaiming_normall\n")
+    assert exc.value.code != 0
+    err = capsys.readouterr().err
+    assert "error:" in err
+    assert "kaiming_normall" in err
+    assert "'kaiming_normal'" in err
+    with pytest.raises(SystemExit):
+        _cli(tmp_path, "scheme: kaiming_normal\nmode: fan_ot\n")
+    assert "fan_ot" in capsys.readouterr().err
+
+
+def test_cli_out_of_range_refused_before_training(tmp_path):
+    # Type-valid but out-of-range values pass the parser and are refused when WeightInit is instantiated, before the
+    # Trainer exists; the message names the argument and the value.
+    with pytest.raises(ValueError, match=r"`std` must be a finite number > 0, got -1.0"):
+        _cli(tmp_path, "scheme: normal\nstd: -1.0\n")
+    with pytest.raises(ValueError, match=r"`gain`=2.0 is not a parameter of scheme 'normal'"):
+        _cli(tmp_path, "scheme: normal\ngain: 2.0\n")
+
+
+# ---------------------------------------------------------------- DDP
+
+DDP_SCRIPT = """
+import json, sys, torch
+import lightning.pytorch as pl
+sys.path.insert(0, {root!r})
+from tests.test_weight_init import TinyModel
+from lightning_init import WeightInit
+
+class Checksums(pl.Callback):
+    def __init__(self):
+        self.first = None
+    def _sum(self, m):
+        return torch.stack([p.detach().double().sum() * (i + 1) for i, p in enumerate(m.parameters())]).sum().reshape(1)
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self.first is None:
+            self.first = trainer.strategy.all_gather(self._sum(pl_module)).flatten().tolist()
+    def on_train_end(self, trainer, pl_module):
+        last = trainer.strategy.all_gather(self._sum(pl_module)).flatten().tolist()
+        if trainer.global_rank == 0:
+            json.dump({{"first": self.first, "last": last}}, open({out!r}, "w"))
+
+if __name__ == "__main__":
+    torch.manual_seed(0)
+    cb = Checksums()
+    trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_steps=3, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         default_root_dir={tmp!r}, callbacks=[WeightInit("kaiming_normal", nonlinearity="relu"), cb])
+    trainer.fit(TinyModel(width=32))
+"""
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_ddp_ranks_end_identical_without_seed(tmp_path):
+    root = str(Path(__file__).resolve().parents[1])
+    out = tmp_path / "checksums.json"
+    script = tmp_path / "ddp_fit.py"
+    script.write_text(DDP_SCRIPT.format(root=root, out=str(out), tmp=str(tmp_path)))
+    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sums = json.loads(out.read_text())
+    assert len(sums["first"]) == 2
+    assert sums["first"][0] == sums["first"][1]
+    assert sums["last"][0] == sums["last"][1]

@@ -1,0 +1,64 @@
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.custom_scalar import layout_pb2
+
+from lightning_init import writers
+from lightning_init.stats import HostHistogram
+
+
+def _trainer(tmp_path: Path) -> pl.Trainer:
+    loggers = [TensorBoardLogger(tmp_path, name="tb"), CSVLogger(tmp_path, name="csv")]
+    return pl.Trainer(accelerator="cpu", devices=1, logger=loggers, enable_progress_bar=False)
+
+
+def _events(trainer: pl.Trainer) -> EventAccumulator:
+    trainer.loggers[0].experiment.flush()
+    ea = EventAccumulator(trainer.loggers[0].log_dir, size_guidance={"tensors": 0, "histograms": 0, "scalars": 0})
+    ea.Reload()
+    return ea
+
+
+def test_layout_has_one_multiline_chart_per_kind_and_stat() -> None:
+    assert writers.layout({"grad": ["norm", "ratio"], "weight": []}) == {
+        "lightning_init/grad": {
+            "grad_norm": ["Multiline", ["^grad_norm/"]],
+            "grad_ratio": ["Multiline", ["^grad_ratio/"]],
+        }
+    }
+
+
+def test_layout_is_merged_and_written_once_per_writer(tmp_path: Path) -> None:
+    trainer = _trainer(tmp_path)
+    writers.request_layout(trainer, "weight", ["std"])
+    writers.request_layout(trainer, "grad", ["norm"])
+    writers.request_layout(trainer, "grad", ["norm", "std"])
+    writers.write_layout(trainer)
+    writers.request_layout(trainer, "activation", ["std"])
+    writers.write_layout(trainer)  # add_custom_scalars may be called once per writer: ignored
+    configs = _events(trainer).Tensors("custom_scalars__config__")
+    assert len(configs) == 1
+    layout = layout_pb2.Layout()
+    layout.ParseFromString(configs[0].tensor_proto.string_val[0])
+    assert {c.title for cat in layout.category for c in cat.chart} == {"weight_std", "grad_norm", "grad_std"}
+
+
+def test_scalars_go_to_every_logger(tmp_path: Path) -> None:
+    trainer = _trainer(tmp_path)
+    writers.log_scalars(trainer, {"weight_std/a": 0.5}, step=3)
+    trainer.loggers[1].save()
+    assert [e.value for e in _events(trainer).Scalars("weight_std/a")] == [0.5]
+    assert "weight_std/a" in Path(trainer.loggers[1].log_dir, "metrics.csv").read_text()
+
+
+def test_raw_histograms_with_huge_values(tmp_path: Path) -> None:
+    trainer = _trainer(tmp_path)
+    h = HostHistogram(-1e30, 1e30, 3.0, 0.0, 2e60, [0.0, 1e30], [2.0, 1.0])
+    writers.log_histograms(trainer, {"grad/w": h}, step=7)
+    (event,) = _events(trainer).Histograms("grad/w")
+    assert event.step == 7
+    assert event.histogram_value.num == 3
+    assert list(event.histogram_value.bucket) == pytest.approx([2.0, 1.0])

@@ -104,6 +104,7 @@ def default_experiments(depth: int = 20, width: int = 64) -> list[Experiment]:
                 Scheme("normal", {"std": 1.0}),
                 Scheme("xavier_normal"),
                 Scheme("kaiming_normal", {"nonlinearity": "relu"}),
+                Scheme("lsuv"),
             ),
         ),
         Experiment(
@@ -111,7 +112,12 @@ def default_experiments(depth: int = 20, width: int = 64) -> list[Experiment]:
             description=f"{depth}-layer width-{width} tanh MLP, SGD: Xavier keeps tanh in its linear range",
             model=lambda: MLPClassifier(depth=depth, width=width, activation="tanh"),
             data=lambda seed: TeacherDataModule(seed=seed),
-            schemes=(Scheme("normal", {"std": 0.01}), Scheme("normal", {"std": 1.0}), Scheme("xavier_normal")),
+            schemes=(
+                Scheme("normal", {"std": 0.01}),
+                Scheme("normal", {"std": 1.0}),
+                Scheme("xavier_normal"),
+                Scheme("lsuv"),
+            ),
         ),
     ]
 

@@ -720,7 +720,12 @@ class HealthTracker:
         self._counts: dict[Rule, int] = dict.fromkeys(RULES_BY_KIND[kind], 0)
 
     def update(
-        self, step: int, findings: Iterable[Finding], profile: Mapping[str, float] | None = None
+        self,
+        step: int,
+        findings: Iterable[Finding],
+        profile: Mapping[str, float] | None = None,
+        *,
+        layers: Iterable[str] | None = None,
     ) -> list[Finding]:
         """Record one logging step and return what to warn about now.
 
@@ -728,13 +733,17 @@ class HealthTracker:
             step: the optimizer step.
             findings: this step's findings (from a check function).
             profile: this step's heatmap column, layer -> value (e.g. :func:`profile_of`); also registers the
-                layers of the health table.
+                layers of the health table. An empty profile adds no column (e.g. the weights at fit start, which
+                have no ``update_ratio`` yet).
+            layers: more layers of the health table (e.g. every row of the table, biases included).
 
         Returns:
             The findings whose (rule, layer) was never returned before, merged per rule (:func:`merge_findings`).
         """
         findings = list(findings)
-        if profile is not None:
+        if layers is not None:
+            self._layers.update(dict.fromkeys(layers))
+        if profile:
             self.history.append(step, profile)
             self._layers.update(dict.fromkeys(profile))
         counts: dict[Rule, set[str]] = {rule: set() for rule in RULES_BY_KIND[self.kind]}

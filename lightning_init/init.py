@@ -23,6 +23,13 @@ What each kind of module gets:
 - ``nn.MultiheadAttention``: the packed input projection per q/k/v block by the scheme (``auto``: ``xavier_normal``,
   as its output is not followed by an activation), ``out_proj`` likewise.
 - Activation modules with parameters (PReLU) and modules without parameters: untouched.
+- ``lsuv`` (data-dependent, needs ``lsuv_batch``): Linear and Conv1d/2d/3d layers get an orthogonal weight (gain 1)
+  and a zero bias, then :func:`~lightning_init.lsuv.lsuv_` rescales them in forward order until each output's variance
+  on the batch is 1 within ``lsuv_tol``. Every other module gets what ``auto`` gives it (norms 1/0, embeddings
+  N(0, 1), RNN gate blocks, transposed convs by their follower), and rules apply as usual: ``skip`` leaves a layer
+  untouched, a rule naming another scheme takes the layer away from LSUV, a rule naming ``lsuv`` gives it LSUV. Layers
+  the forward never calls keep the orthogonal pre-init. The per-layer iterations and variances are in
+  ``InitReport.lsuv``.
 """
 
 from __future__ import annotations
@@ -30,8 +37,8 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -45,6 +52,7 @@ from lightning_init.activations import (
     sequential_followers,
     traced_followers,
 )
+from lightning_init.lsuv import LSUV_LAYER_TYPES, LSUVReport, check_lsuv_args, lsuv_
 from lightning_init.rules import InitRule, as_rules, check_all_match, first_match
 from lightning_init.schemes import (
     SchemeName,
@@ -91,6 +99,7 @@ class InitReport:
         skipped: Layers left untouched (``skip`` rules, ``only_rules``, activation parameters).
         bias: The bias constant.
         seed: The seed, when one was given.
+        lsuv: What LSUV did (per-layer iterations, initial and final output variances), when ``lsuv`` was used.
     """
 
     rows: list[LayerInit] = field(default_factory=list)
@@ -99,6 +108,7 @@ class InitReport:
     skipped: list[str] = field(default_factory=list)
     bias: float = 0.0
     seed: int | None = None
+    lsuv: LSUVReport | None = None
 
     _HEADER = ("layer", "shape", "scheme", "fan_in", "fan_out", "gain", "expected std", "actual std")
 
@@ -134,14 +144,16 @@ class InitReport:
         """The report as a Markdown pipe table (TensorBoard's Text tab renders it) followed by notes."""
         lines = ["| " + " | ".join(self._HEADER) + " |", "|" + "---|" * len(self._HEADER)]
         lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in self._cells()]
-        return "\n".join(lines) + "\n\n" + "\n\n".join(self._notes())
+        text = "\n".join(lines) + "\n\n" + "\n\n".join(self._notes())
+        return text + ("\n\n" + self.lsuv.to_markdown() if self.lsuv is not None else "")
 
     def to_text(self) -> str:
         """The report as an aligned plain-text table followed by notes."""
         cells = [self._HEADER, *self._cells()]
         widths = [max(len(row[i]) for row in cells) for i in range(len(self._HEADER))]
         lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
-        return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:], *self._notes()])
+        text = "\n".join([lines[0], "-" * len(lines[0]), *lines[1:], *self._notes()])
+        return text + ("\n\n" + self.lsuv.to_markdown() if self.lsuv is not None else "")
 
     def __str__(self) -> str:
         return self.to_text()
@@ -199,6 +211,10 @@ def init_module(
     example_input: Any = None,
     nonlinearity: str | None = None,
     only_rules: bool = False,
+    lsuv_batch: Any = None,
+    lsuv_forward: Callable[[nn.Module, Any], Any] | None = None,
+    lsuv_tol: float = 0.1,
+    lsuv_max_iters: int = 10,
     **scheme_params: Any,
 ) -> InitReport:
     """Initialize every layer of ``module`` in place and return an :class:`InitReport`.
@@ -215,19 +231,35 @@ def init_module(
         nonlinearity: For ``auto``, the follower of every layer (overrides detection); for Kaiming / Xavier /
             orthogonal, the nonlinearity of the gain.
         only_rules: Leave layers that no rule matches untouched (fine-tuning: you loaded the weights yourself).
+        lsuv_batch: A batch of real inputs, required when ``scheme`` or a rule is ``lsuv`` (on the module's device).
+        lsuv_forward: ``lsuv_forward(module, batch)`` runs the model on ``lsuv_batch``; default ``module(batch)`` for
+            a tensor, ``module(batch[0])`` for a tuple/list, ``module(batch["x"])`` for a mapping.
+        lsuv_tol: LSUV's tolerance on each output variance, ``|var - 1| <= lsuv_tol``, in ``(0, 1)``.
+        lsuv_max_iters: LSUV's maximum number of rescalings per layer, ``>= 1``.
         **scheme_params: The scheme's parameters (``mean``, ``std``, ``a``, ``b``, ``mode``, ``gain``, ``value``).
 
     Returns:
         The per-layer report. Torch's global RNG state is unchanged.
 
     Raises:
-        ValueError: Unknown scheme or parameter, out-of-range value, or a rule matching no layer.
+        ValueError: Unknown scheme or parameter, out-of-range value, a rule matching no layer, or ``lsuv`` without a
+            usable ``lsuv_batch`` (all checked before any parameter changes).
 
     Warns:
-        UserWarning: Once for layers ``auto`` could not resolve, once for layers left with identical output units.
+        UserWarning: Once for layers ``auto`` could not resolve, once for layers left with identical output units,
+            once for layers LSUV could not bring to unit variance (named, with the reason).
     """
     params = validate_scheme(scheme, {**scheme_params, "nonlinearity": nonlinearity})
     rule_list = as_rules(rules)
+    if scheme == "lsuv" or any(r.scheme == "lsuv" for r in rule_list):
+        if lsuv_batch is None:
+            raise ValueError(
+                "Scheme 'lsuv' is data-dependent: pass `lsuv_batch` (a batch of real inputs on the module's device), "
+                "got none. WeightInit(scheme='lsuv') uses the first training batch."
+            )
+        check_lsuv_args(lsuv_tol, lsuv_max_iters, lsuv_batch, lsuv_forward, prefix="lsuv_")
+        if scheme == "lsuv" and bias != 0.0:
+            raise ValueError(f"`bias`={bias!r} cannot be used with scheme 'lsuv': LSUV zeros the biases it rescales.")
     layers = [
         (name, mod) for name, mod in module.named_modules() if next(mod.parameters(recurse=False), None) is not None
     ]
@@ -290,6 +322,7 @@ def init_module(
         )  # fmt: skip
 
     names: dict[int, str] = {}
+    lsuv_layers: dict[str, nn.Module] = {}
 
     def label_name(tensor: Tensor) -> str:
         return names[id(tensor)]
@@ -311,6 +344,16 @@ def init_module(
                 b = bias if rule.bias is None else rule.bias
             else:
                 sch, prm, b = scheme, params, bias
+            if sch == "lsuv":
+                if isinstance(mod, LSUV_LAYER_TYPES) and _has_plain_weight(mod) and name not in mha_children:
+                    lsuv_layers[name] = mod
+                    for pname, p in direct:
+                        if "bias" in pname:
+                            p.fill_(0.0)
+                        elif p.ndim >= 2:
+                            init_weight("lsuv", p, "orthogonal", {"gain": 1.0})
+                    continue
+                sch, prm = "auto", validate_scheme("auto", {})  # LSUV's base for layers it cannot rescale
             if is_norm(mod):
                 for pname, p in direct:
                     p.fill_(0.0 if "bias" in pname else 1.0)
@@ -343,6 +386,9 @@ def init_module(
             if isinstance(mod, nn.Embedding) and pad is not None:
                 mod.weight[pad].fill_(0.0)
 
+        if lsuv_layers:
+            _lsuv_into(report, module, lsuv_layers, lsuv_batch, lsuv_forward, lsuv_tol, lsuv_max_iters)
+
         initialized = {r.layer for r in report.rows}
         for pname, p in module.named_parameters():
             if pname in initialized and p.ndim >= 2 and not p.is_meta and _identical_rows(p):
@@ -355,6 +401,42 @@ def init_module(
             UserWarning,
             stacklevel=2,
         )
+    if report.lsuv is not None and not report.lsuv.converged:
+        failed = "; ".join(f"{r.name or '(root)'}: {r.reason}" for r in report.lsuv.layers if not r.converged)
+        warnings.warn(f"LSUV did not bring every layer to unit output variance ({failed}).", UserWarning, stacklevel=2)
     if report.symmetric:
         warnings.warn(SYMMETRY_MESSAGE.format(layers=", ".join(report.symmetric)), UserWarning, stacklevel=2)
     return report
+
+
+def _has_plain_weight(module: nn.Module) -> bool:
+    return isinstance(module._parameters.get("weight"), nn.Parameter)
+
+
+def _lsuv_into(
+    report: InitReport,
+    module: nn.Module,
+    layers: dict[str, nn.Module],
+    batch: Any,
+    forward: Callable[[nn.Module, Any], Any] | None,
+    tol: float,
+    max_iters: int,
+) -> None:
+    """Rescale the orthogonally pre-initialized ``layers`` with LSUV; record it in ``report`` (rows and ``lsuv``)."""
+    result = lsuv_(
+        module, batch, forward=forward, tol=tol, max_iters=max_iters, orthogonal_preinit=False, layers=list(layers)
+    )
+    # lsuv_ lists every module it did not rescale; here only the LSUV layers it could not reach are news
+    report.lsuv = replace(result, skipped=tuple(s for s in result.skipped if s.name in layers))
+    rescaled = {r.name for r in result.layers}
+    rows = {r.layer: r for r in report.rows}
+    for name, mod in layers.items():
+        row = rows.get(f"{name}.weight" if name else "weight")
+        if row is None:
+            continue
+        if name in rescaled:  # data-dependent: no closed-form gain or std
+            weight = mod._parameters["weight"]
+            assert weight is not None  # a plain parameter: checked when the layer was selected
+            row.gain, row.expected_std, row.actual_std = None, math.nan, _std(weight)
+        else:
+            row.scheme = "lsuv: orthogonal (not rescaled)"

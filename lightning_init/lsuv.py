@@ -25,10 +25,12 @@ from torch import Tensor, nn
 from torch.nn.utils.parametrize import ParametrizationList as _ParametrizationList
 from torch.utils.hooks import RemovableHandle
 
+from lightning_init.schemes import orthogonal_
+
 #: Module types LSUV rescales (subclasses included): their output is linear in ``weight`` once the bias is zero.
 LSUV_LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
-__all__ = ["LSUV_LAYER_TYPES", "LSUVLayer", "LSUVReport", "LSUVSkipped", "lsuv_"]
+__all__ = ["LSUV_LAYER_TYPES", "LSUVLayer", "LSUVReport", "LSUVSkipped", "check_lsuv_args", "lsuv_"]
 
 
 @dataclass(frozen=True)
@@ -152,8 +154,9 @@ def lsuv_(
             ``module(batch["x"])`` for a mapping with an ``"x"`` key; anything else needs ``forward``.
         tol: Tolerance on the output variance, ``|var - 1| <= tol``; in ``(0, 1)``.
         max_iters: Maximum number of rescalings per layer; ``>= 1``.
-        generator: Source of randomness for the orthogonal pre-init; when ``None`` a private generator is seeded
-            nondeterministically. torch's global RNG is never used.
+        generator: A CPU generator, the source of randomness for the orthogonal pre-init (the same sampler as
+            ``WeightInit(scheme="orthogonal")``: :func:`lightning_init.schemes.orthogonal_`); when ``None`` a private
+            generator is seeded nondeterministically. torch's global RNG is never used.
         orthogonal_preinit: Replace the handled layers' weights with orthogonal ones first (the paper's method); when
             ``False`` the current weights are only rescaled.
         layers: Qualified names of the layers to rescale (default: every handled layer); the others are untouched.
@@ -171,13 +174,10 @@ def lsuv_(
         report = lsuv_(model, torch.randn(64, 8), generator=torch.Generator().manual_seed(0))
         print(report.to_markdown())
     """
-    if not (isinstance(tol, (int, float)) and 0 < tol < 1):
-        raise ValueError(f"`tol` must be a number in (0, 1), got {tol!r}")
-    if isinstance(max_iters, bool) or not isinstance(max_iters, int) or max_iters < 1:
-        raise ValueError(f"`max_iters` must be an integer >= 1, got {max_iters!r}")
-    run_forward = forward if forward is not None else _default_forward
+    check_lsuv_args(tol, max_iters)
     if forward is None:
         _check_default_batch(batch)
+    run_forward = forward if forward is not None else _default_forward
     named = dict(module.named_modules(remove_duplicate=True))
     selected = _select(named, layers)
 
@@ -202,7 +202,7 @@ def lsuv_(
         if orthogonal_preinit:
             gen = generator if generator is not None else _private_generator()
             for name in order:
-                _orthogonal_(_weight(named[name]), gen)
+                orthogonal_(_weight(named[name]), 1.0, gen)
         for name in order:
             bias = getattr(named[name], "bias", None)
             if isinstance(bias, Tensor):
@@ -212,6 +212,35 @@ def lsuv_(
 
     skipped_records = tuple(LSUVSkipped(n, type(named[n]).__name__, skipped[n]) for n in named if n in skipped)
     return LSUVReport(layers=tuple(records), skipped=skipped_records, tol=float(tol), max_iters=max_iters)
+
+
+def check_lsuv_args(
+    tol: float,
+    max_iters: int,
+    batch: Any = None,
+    forward: Callable[[nn.Module, Any], Any] | None = None,
+    *,
+    prefix: str = "",
+) -> None:
+    """Validate :func:`lsuv_`'s arguments without touching any module (callers check before they initialize anything).
+
+    Args:
+        tol: Must be a number in ``(0, 1)``.
+        max_iters: Must be an integer ``>= 1``.
+        batch: Checked against the default forward's conventions when ``forward`` is ``None``; ``None`` skips the
+            check (no batch yet).
+        forward: The custom forward, if any.
+        prefix: Prefix of the argument names in messages (``"lsuv_"`` for ``WeightInit`` / ``init_module``).
+
+    Raises:
+        ValueError: Naming the argument and the value received.
+    """
+    if isinstance(tol, bool) or not (isinstance(tol, (int, float)) and 0 < tol < 1):
+        raise ValueError(f"`{prefix}tol` must be a number in (0, 1), got {tol!r}")
+    if isinstance(max_iters, bool) or not isinstance(max_iters, int) or max_iters < 1:
+        raise ValueError(f"`{prefix}max_iters` must be an integer >= 1, got {max_iters!r}")
+    if forward is None and batch is not None:
+        _check_default_batch(batch)
 
 
 class _StopForward(Exception):
@@ -283,26 +312,6 @@ def _private_generator() -> torch.Generator:
     gen = torch.Generator()
     gen.seed()  # nondeterministic seed from std::random_device or time; touches no global state
     return gen
-
-
-def _orthogonal_(weight: Tensor, generator: torch.Generator) -> Tensor:
-    """Fill ``weight`` (flattened to ``(out, -1)``) with a Haar-distributed (semi-)orthogonal matrix, in place.
-
-    QR of a standard Gaussian matrix, with the signs of ``R``'s diagonal moved into ``Q`` (Mezzadri 2007) so the
-    result is uniformly distributed; drawn on the generator's device in float32, then copied into ``weight``.
-    """
-    rows = weight.shape[0]
-    cols = weight.numel() // rows
-    gauss = torch.randn(rows, cols, generator=generator, device=generator.device, dtype=torch.float32)
-    if rows < cols:
-        gauss = gauss.t()
-    q, r = torch.linalg.qr(gauss)
-    signs = torch.sign(torch.diagonal(r))
-    q = q * torch.where(signs == 0, torch.ones_like(signs), signs)
-    if rows < cols:
-        q = q.t()
-    weight.copy_(q.reshape(weight.shape))
-    return weight
 
 
 @contextmanager

@@ -40,7 +40,8 @@ class InitRule:
     Args:
         name: Glob on the qualified module name (``"head.*"``, ``"encoder.layers.[01].*"``).
         type: Class name, bare or fully qualified, matched against the module's class hierarchy.
-        scheme: The scheme for matched layers, or ``"skip"`` to leave them untouched.
+        scheme: The scheme for matched layers, or ``"skip"`` to leave them untouched. ``"lsuv"`` rescales matched
+            Linear / Conv layers on the first training batch (see ``init_module``); other matched layers get ``auto``.
         mean: ``normal`` / ``trunc_normal`` mean.
         std: ``normal`` / ``trunc_normal`` standard deviation (> 0).
         a: ``uniform`` / ``trunc_normal`` lower bound, or the leaky_relu slope of Kaiming / ``auto``.
@@ -76,6 +77,10 @@ class InitRule:
                 raise ValueError(f"A rule with scheme 'skip' takes no parameters, got {given or {'bias': self.bias}}.")
         else:
             validate_scheme(self.scheme, self.params())
+            if self.scheme == "lsuv" and self.bias not in (None, 0.0):
+                raise ValueError(
+                    f"A rule with scheme 'lsuv' takes no `bias` (LSUV zeros the biases it rescales), got {self.bias!r}."
+                )
 
     def params(self) -> dict[str, Any]:
         """The scheme parameters given in this rule (``None`` = not given)."""

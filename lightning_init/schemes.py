@@ -32,6 +32,7 @@ SchemeName = Literal[
     "lecun_normal",
     "lecun_uniform",
     "auto",
+    "lsuv",
 ]
 
 #: Nonlinearity names: those of ``torch.nn.init.calculate_gain`` plus ``gelu``, ``silu``, ``elu`` and ``softplus``
@@ -59,6 +60,10 @@ Nonlinearity = Literal[
 FanMode = Literal["fan_in", "fan_out"]
 
 SCHEME_NAMES: tuple[str, ...] = get_args(SchemeName)
+
+#: Data-dependent schemes: they need a batch of real inputs, so ``WeightInit`` applies them at the first training
+#: batch instead of at fit start. ``lsuv``: Mishkin & Matas 2016 (see :mod:`lightning_init.lsuv`).
+DATA_SCHEMES: frozenset[str] = frozenset({"lsuv"})
 NONLINEARITIES: tuple[str, ...] = get_args(Nonlinearity)
 FAN_MODES: tuple[str, ...] = get_args(FanMode)
 
@@ -85,6 +90,7 @@ SCHEME_PARAMS: dict[str, frozenset[str]] = {
     "lecun_normal": frozenset(),
     "lecun_uniform": frozenset(),
     "auto": frozenset({"nonlinearity", "a"}),
+    "lsuv": frozenset(),
 }
 
 _DEFAULTS: dict[str, dict[str, Any]] = {
@@ -409,7 +415,10 @@ def apply_scheme_(
         return lecun_normal_(tensor, generator)
     if scheme == "lecun_uniform":
         return lecun_uniform_(tensor, generator)
-    raise ValueError(f"`scheme` {scheme!r} cannot be applied to a tensor directly (resolve 'auto' per layer first).")
+    raise ValueError(
+        f"`scheme` {scheme!r} cannot be applied to a tensor directly (resolve 'auto' per layer first; 'lsuv' needs a "
+        "module and a batch: lightning_init.lsuv_)."
+    )
 
 
 def auto_scheme(nonlinearity: str | None, a: float | None = None) -> tuple[str, dict[str, Any]]:

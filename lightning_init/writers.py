@@ -6,8 +6,11 @@ import weakref
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from lightning.pytorch.loggers import TensorBoardLogger
+from tensorboard.compat.proto.summary_pb2 import Summary
 
+from lightning_init.heatmap import to_png
 from lightning_init.stats import HostHistogram
 
 if TYPE_CHECKING:
@@ -28,6 +31,49 @@ def log_text(trainer: "pl.Trainer", tag: str, markdown: str, step: int) -> None:
     """
     for writer in tensorboard_writers(trainer):
         writer.add_text(tag, markdown, global_step=step)
+        writer.flush()
+
+
+def _add_png(writer: Any, tag: str, image: np.ndarray, png: bytes, step: int) -> None:
+    """Write an encoded PNG as an image summary.
+
+    ``SummaryWriter.add_image`` encodes with PIL, which is not a dependency of this package, so the summary is built
+    here from :func:`lightning_init.heatmap.to_png` and handed to the writer's event file writer. There is no public
+    ``SummaryWriter`` method that takes an already encoded image, hence the one private call (``_get_file_writer``,
+    present in torch's and tensorboardX's writers); any other writer falls back to ``add_image``.
+    """
+    height, width = image.shape[:2]
+    summary = Summary(
+        value=[
+            Summary.Value(
+                tag=tag,
+                image=Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=png),
+            )
+        ]
+    )
+    file_writer = getattr(writer, "_get_file_writer", None)
+    if file_writer is not None:
+        try:
+            file_writer().add_summary(summary, step)
+            return
+        except TypeError:  # a writer with its own protobuf classes (e.g. tensorboardX)
+            pass
+    writer.add_image(tag, image, global_step=step, dataformats="HWC")
+
+
+def log_image(trainer: "pl.Trainer", tag: str, image: np.ndarray, step: int) -> None:
+    """Write an ``uint8`` ``(H, W, 3)`` RGB image to TensorBoard's Images tab under ``tag`` (rank zero, TB only).
+
+    Encoded as PNG without PIL (:func:`lightning_init.heatmap.to_png`). Each call adds one image at ``step``;
+    TensorBoard shows the latest with a step slider over the earlier ones.
+    """
+    tb = tensorboard_writers(trainer)
+    if not tb:
+        return
+    arr = np.asarray(image)
+    png = to_png(arr)
+    for writer in tb:
+        _add_png(writer, tag, arr, png, step)
         writer.flush()
 
 
@@ -66,6 +112,15 @@ _LAYOUT_REQUESTS: weakref.WeakKeyDictionary[Any, dict[str, list[str]]] = weakref
 _LAYOUT_WRITTEN: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
+#: The pseudo-kind under which monitors request the health chart (see :func:`layout`).
+HEALTH_CHART = "health"
+
+
+def request_health_chart(trainer: "pl.Trainer") -> None:
+    """Ask for the ``health`` chart (every ``health/*`` count on one multi-line chart) in the run's layout."""
+    _LAYOUT_REQUESTS.setdefault(trainer, {}).setdefault(HEALTH_CHART, [])
+
+
 def request_layout(trainer: "pl.Trainer", kind: str, stats: Sequence[str]) -> None:
     """Ask for one multi-line chart per ``(kind, stat)`` in the run's custom-scalars layout (:func:`write_layout`)."""
     charts = _LAYOUT_REQUESTS.setdefault(trainer, {})
@@ -78,12 +133,17 @@ def layout(charts: Mapping[str, Sequence[str]]) -> dict[str, dict[str, list[Any]
 
     Each chart is titled ``{kind}_{stat}`` and matches the regex ``^{kind}_{stat}/``, so every layer (and
     ``grad_norm/total``) is a line of the same chart: a vanishing or exploding depth profile is visible at a glance.
+    When :data:`HEALTH_CHART` was requested (:func:`request_health_chart`), category ``lightning_init/health`` holds
+    one chart ``health`` matching ``^health/``: the number of flagged layers of every rule over time.
     """
-    return {
+    out: dict[str, dict[str, list[Any]]] = {
         f"lightning_init/{kind}": {f"{kind}_{stat}": ["Multiline", [f"^{kind}_{stat}/"]] for stat in stats}
         for kind, stats in charts.items()
-        if stats
+        if stats and kind != HEALTH_CHART
     }
+    if HEALTH_CHART in charts:
+        out[f"lightning_init/{HEALTH_CHART}"] = {HEALTH_CHART: ["Multiline", [f"^{HEALTH_CHART}/"]]}
+    return out
 
 
 def write_layout(trainer: "pl.Trainer") -> None:

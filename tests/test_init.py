@@ -139,3 +139,106 @@ def test_bad_input():
         init_module(nn.Linear(2, 2), "xavier_unifrom")
     with pytest.raises(ValueError, match=r"`std`=0.1 is not a parameter of scheme 'kaiming_normal'"):
         init_module(nn.Linear(2, 2), "kaiming_normal", std=0.1)
+
+
+# ---------------------------------------------------------------- LSUV through init_module
+
+
+class MixedLSUV(nn.Module):
+    """Embedding -> Linear -> LayerNorm -> tanh -> frozen Linear -> Linear -> tanh -> head."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(50, 16)
+        self.fc1 = nn.Linear(16, 64)
+        self.norm = nn.LayerNorm(64)
+        self.frozen = nn.Linear(64, 64)
+        self.fc2 = nn.Linear(64, 64)
+        self.head = nn.Linear(64, 64)
+
+    def forward(self, idx):
+        h = torch.tanh(self.norm(self.fc1(self.emb(idx).mean(1))))
+        return self.head(torch.tanh(self.fc2(self.frozen(h))))
+
+
+def _linear_output_variances(model, x):
+    """Reference: biased float64 variance of every Linear's output, eval mode, own hooks."""
+    out = {}
+    handles = [
+        m.register_forward_hook(lambda _m, _a, y, n=n: out.__setitem__(n, y.double().var(correction=0).item()))
+        for n, m in model.named_modules()
+        if isinstance(m, nn.Linear)
+    ]
+    model.eval()
+    with torch.no_grad():
+        model(x)
+    for h in handles:
+        h.remove()
+    return out
+
+
+def test_lsuv_rules_norms_embeddings_and_report():
+    torch.manual_seed(0)
+    m = MixedLSUV()
+    with torch.no_grad():
+        m.norm.weight.fill_(3.0)
+        m.norm.bias.fill_(0.5)
+    frozen = {k: v.clone() for k, v in m.frozen.state_dict().items()}
+    batch = torch.randint(0, 50, (256, 6), generator=torch.Generator().manual_seed(1))
+    rules = [InitRule(name="frozen", scheme="skip"), InitRule(name="head", scheme="normal", std=0.01)]
+    report = init_module(m, "lsuv", rules=rules, seed=0, lsuv_batch=batch, lsuv_tol=0.05)
+
+    var = _linear_output_variances(m, batch)
+    assert abs(var["fc1"] - 1) <= 0.05
+    assert abs(var["fc2"] - 1) <= 0.05
+    assert var["head"] < 0.1  # the rule's scheme, not LSUV: N(0, 0.01^2) weights shrink the output
+    assert all(torch.equal(m.frozen.state_dict()[k], v) for k, v in frozen.items())  # skip: untouched
+    assert torch.all(m.norm.weight == 1)
+    assert torch.all(m.norm.bias == 0)
+    assert _std(m.emb.weight) == pytest.approx(1.0, rel=0.25)  # auto's embedding default, N(0, 1); N = 800
+    assert _std(m.head.weight) == pytest.approx(0.01, rel=0.1)  # N = 4096: SE 1.1 %
+    assert torch.all(m.fc1.bias == 0)
+    assert report.lsuv is not None
+    assert [r.name for r in report.lsuv.layers] == ["fc1", "fc2"]
+    assert report.lsuv.skipped == ()  # only LSUV layers that could not be rescaled are listed
+    for r in report.lsuv.layers:
+        assert r.final_variance == pytest.approx(var[r.name], rel=1e-6)
+    rows = {r.layer: r for r in report.rows}
+    assert rows["fc1.weight"].scheme == "lsuv"
+    assert rows["fc1.weight"].actual_std == pytest.approx(m.fc1.weight.double().std(correction=0).item(), rel=1e-6)
+    assert rows["head.weight"].scheme == "normal"
+    assert report.skipped == ["frozen"]
+    md = report.to_markdown()
+    assert "| fc1.weight | 64x16 | lsuv | 16 | 64 | - | - |" in md
+    assert "| layer | type | iterations | initial variance | final variance | converged | reason |" in md
+    assert "| fc2 | Linear |" in str(report)
+
+
+def test_lsuv_as_a_rule_and_refusals_before_any_change():
+    m = nn.Sequential(nn.Linear(16, 32), nn.Tanh(), nn.Linear(32, 32), nn.Linear(32, 32))
+    batch = torch.randn(128, 16, generator=torch.Generator().manual_seed(0))
+    report = init_module(m, "xavier_normal", rules=[{"name": "2", "scheme": "lsuv"}], lsuv_batch=batch, seed=0)
+    assert [r.name for r in report.lsuv.layers] == ["2"]
+    assert abs(_linear_output_variances(m, batch)["2"] - 1) <= 0.1
+    assert _std(m[0].weight) == pytest.approx(math.sqrt(2 / 48), rel=0.15)  # xavier, N = 512
+
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    with pytest.raises(ValueError, match=r"pass `lsuv_batch`"):
+        init_module(m, "lsuv")
+    with pytest.raises(ValueError, match=r"`lsuv_tol` must be a number in \(0, 1\), got 1.5"):
+        init_module(m, "lsuv", lsuv_batch=batch, lsuv_tol=1.5)
+    with pytest.raises(ValueError, match=r"`bias`=0.1 cannot be used with scheme 'lsuv'"):
+        init_module(m, "lsuv", lsuv_batch=batch, bias=0.1)
+    with pytest.raises(ValueError, match=r"'x' key"):
+        init_module(m, "lsuv", lsuv_batch={"input": batch})
+    with pytest.raises(ValueError, match=r"scheme 'lsuv' takes no `bias`"):
+        InitRule(name="2", scheme="lsuv", bias=0.5)
+    assert all(torch.equal(m.state_dict()[k], v) for k, v in before.items())
+
+
+def test_lsuv_unreachable_layer_warns_and_is_reported():
+    m = nn.Sequential(nn.ReLU(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 4))
+    with pytest.warns(UserWarning, match=r"LSUV did not bring every layer to unit output variance \(1: output varia"):
+        report = init_module(m, "lsuv", lsuv_batch=-torch.rand(32, 8) - 0.1, seed=0)
+    assert not report.lsuv.converged
+    assert all(torch.isfinite(p).all() for p in m.parameters())

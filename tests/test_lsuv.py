@@ -369,3 +369,16 @@ def test_report_markdown() -> None:
     assert lines[0].startswith("LSUV (tol=0.1, max_iters=10): 1/1 layers converged")
     assert lines[4].startswith("| 0 | Linear | ")
     assert "| 1 | BatchNorm1d | BatchNorm1d is not rescaled" in report.to_markdown()
+
+
+def test_preinit_is_the_schemes_orthogonal_sampler() -> None:
+    # one sampler for the whole package: LSUV's pre-init is schemes.orthogonal_ on the same generator, up to LSUV's
+    # positive scalar rescaling
+    from lightning_init.schemes import orthogonal_
+
+    model = nn.Sequential(nn.Linear(16, 8))
+    lsuv_(model, torch.randn(64, 16), generator=torch.Generator().manual_seed(3))
+    reference = orthogonal_(torch.empty(8, 16), 1.0, torch.Generator().manual_seed(3))
+    w = model[0].weight.detach()
+    scale = (w.norm() / reference.norm()).item()
+    torch.testing.assert_close(w / scale, reference, rtol=1e-5, atol=1e-6)

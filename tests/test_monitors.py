@@ -86,6 +86,11 @@ def scalars(ea: EventAccumulator, tag: str) -> dict[int, float]:
     return out
 
 
+def layer_tags(ea: EventAccumulator) -> list[str]:
+    """Scalar tags of the per-layer statistics (without the health counts)."""
+    return [t for t in ea.Tags()["scalars"] if not t.startswith("health/")]
+
+
 def steps_of(ea: EventAccumulator, tag: str, kind: str = "scalars") -> list[int]:
     items = ea.Scalars(tag) if kind == "scalars" else ea.Histograms(tag)
     return [e.step for e in items]
@@ -272,7 +277,7 @@ def test_depth_profile_follows_theory(tmp_path: Path, init: str) -> None:
     monitor = ActivationMonitor(histogram_every_n_steps=None, module_types=["Linear"], stats=["std"])
     trainer = fit(tmp_path, DeepMLP(init), [monitor], data=data, max_steps=1)
     ea = events(trainer)
-    assert sorted(ea.Tags()["scalars"]) == sorted(f"activation_std/net.{2 * i}" for i in range(12))
+    assert sorted(layer_tags(ea)) == sorted(f"activation_std/net.{2 * i}" for i in range(12))
     first, last = scalars(ea, "activation_std/net.0")[0], scalars(ea, "activation_std/net.22")[0]
     ratio = last / first
     if init == "kaiming":
@@ -321,8 +326,23 @@ def test_one_layout_with_one_multiline_chart_per_kind_and_stat(tmp_path: Path) -
     layout.ParseFromString(configs[0].tensor_proto.string_val[0])
     charts = {c.title: list(c.multiline.tag) for cat in layout.category for c in cat.chart}
     assert charts["weight_std"] == ["^weight_std/"]
-    assert set(charts) == {"weight_std", "grad_norm", "grad_ratio"} | {
+    assert charts["health"] == ["^health/"]  # every health/* count on one chart
+    assert set(charts) == {"weight_std", "grad_norm", "grad_ratio", "health"} | {
         f"activation_{s}" for s in ("mean", "std", "abs_max", "zero_fraction", "saturation", "nonfinite")
+    }
+    # The health chart's regex matches the health counts actually written.
+    assert {t for t in ea.Tags()["scalars"] if t.startswith("health/")} == {
+        "health/nonfinite_weight",
+        "health/symmetric",
+        "health/update_ratio",
+        "health/nonfinite_grad",
+        "health/vanishing_grad",
+        "health/exploding_grad",
+        "health/nonfinite_activation",
+        "health/vanishing_activation",
+        "health/exploding_activation",
+        "health/dead",
+        "health/saturated",
     }
 
 
@@ -516,7 +536,7 @@ def test_include_exclude_and_module_types(tmp_path: Path) -> None:
         ActivationMonitor(module_types=["Tanh"], stats=["saturation"]),
     ]
     trainer = fit(tmp_path, Net(), monitors, max_steps=1)
-    tags = set(events(trainer).Tags()["scalars"])
+    tags = set(layer_tags(events(trainer)))
     assert tags == {
         "weight_norm/net.0.weight",
         "weight_norm/net.0.bias",

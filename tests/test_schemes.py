@@ -136,3 +136,13 @@ def test_gains():
 def test_validation_errors(scheme, params, match):
     with pytest.raises(ValueError, match=match):
         S.validate_scheme(scheme, params)
+
+
+def test_lsuv_is_a_data_scheme_without_tensor_form():
+    assert "lsuv" in S.SCHEME_NAMES
+    assert {"lsuv"} == S.DATA_SCHEMES
+    assert S.validate_scheme("lsuv") == {}
+    with pytest.raises(ValueError, match=r"`std`=0.1 is not a parameter of scheme 'lsuv'"):
+        S.validate_scheme("lsuv", {"std": 0.1})
+    with pytest.raises(ValueError, match=r"'lsuv' needs a module and a batch"):
+        S.apply_scheme_(torch.empty(3, 3), "lsuv", {})

@@ -196,6 +196,168 @@ def test_fsdp_is_refused_with_advice():
         WeightInit().setup(trainer, None, "fit")
 
 
+# ---------------------------------------------------------------- LSUV
+
+
+class DeepTanh(pl.LightningModule):
+    """A 20-layer tanh MLP (16 -> 32 -> ... -> 32), dropout on the output so training draws from the global RNG."""
+
+    def __init__(self, depth: int = 20, width: int = 32) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        for i in range(depth):
+            layers += [nn.Linear(16 if i == 0 else width, width), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+        self.drop = nn.Dropout(0.1)
+
+    def forward(self, x):
+        return self.drop(self.net(x))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return nn.functional.mse_loss(self(x).mean(1, keepdim=True), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    def train_dataloader(self):
+        g = torch.Generator().manual_seed(0)
+        data = TensorDataset(torch.randn(256, 16, generator=g), torch.randn(256, 1, generator=g))
+        return DataLoader(data, batch_size=64, shuffle=True)  # the order comes from torch's global RNG
+
+
+class Recorder(pl.Callback):
+    """Reference: every training batch and the global RNG state at each batch start; weights and flags at the first."""
+
+    def __init__(self):
+        self.batches, self.rng, self.weights, self.flags = [], [], None, None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.batches.append([t.clone() for t in batch])
+        self.rng.append(torch.get_rng_state())
+        if self.weights is None:
+            self.weights = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+            self.flags = {n: m.training for n, m in pl_module.named_modules()}
+
+
+def _linear_output_variances(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
+    """Independent measurement: biased float64 variance of every Linear's output, eval mode, own hooks."""
+    out: dict[str, float] = {}
+    handles = [
+        m.register_forward_hook(lambda _m, _a, y, n=n: out.__setitem__(n, y.double().var(correction=0).item()))
+        for n, m in model.named_modules()
+        if isinstance(m, nn.Linear)
+    ]
+    model.eval()
+    with torch.no_grad():
+        model(x)
+    for h in handles:
+        h.remove()
+    return out
+
+
+def test_lsuv_fit_unit_variance_on_first_batch_report_and_nothing_else_changed(tmp_path):
+    tol = 0.05
+    before, after = Recorder(), Recorder()  # on either side of WeightInit in the callback order
+    cb = WeightInit("lsuv", lsuv_tol=tol, seed=0)
+    logger = TensorBoardLogger(tmp_path, name="tb")
+    torch.manual_seed(0)
+    _trainer(tmp_path, [before, cb, after], logger=logger, max_steps=8, max_epochs=2).fit(DeepTanh())
+
+    # the batch LSUV used is the first training batch; measure every layer on it with our own hooks
+    x = after.batches[0][0]
+    model = DeepTanh()
+    model.load_state_dict(after.weights)
+    var = _linear_output_variances(model, x)
+    assert len(var) == 20
+    for name, v in var.items():
+        assert abs(v - 1) <= tol, (name, v)
+    model.load_state_dict(before.weights)  # PyTorch's default init on the same batch: the signal vanishes with depth
+    assert _linear_output_variances(model, x)["net.38"] < 0.1  # measured 0.017
+
+    # the report, read back from TensorBoard's Text tab: one LSUV row per layer with its iterations and variances
+    ea = EventAccumulator(logger.log_dir, size_guidance={"tensors": 0}).Reload()
+    text = ea.Tensors("weight_init/report/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert "LSUV (tol=0.05, max_iters=10): 20/20 layers converged" in text
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines() if "| Linear |" in line]
+    assert [r[0] for r in rows] == list(var)
+    for name, _kind, iterations, _initial, final, converged, _reason in rows:
+        assert 1 <= int(iterations) <= 10
+        assert float(final) == pytest.approx(var[name], rel=1e-3)  # 4 significant digits in the table
+        assert converged == "yes"
+    assert "| net.0.weight | 32x16 | lsuv |" in text
+
+    # nothing but the weights changed: flags, global RNG at every step, batch order (vs. a run without WeightInit)
+    assert after.flags == before.flags
+    assert all(after.flags.values())
+    assert torch.equal(after.rng[0], before.rng[0])
+    plain = Recorder()
+    torch.manual_seed(0)
+    _trainer(tmp_path, [plain], max_steps=8, max_epochs=2).fit(DeepTanh())
+    assert len(plain.batches) == len(after.batches) == 8
+    for i, (b1, b2) in enumerate(zip(plain.batches, after.batches, strict=True)):
+        assert all(torch.equal(t1, t2) for t1, t2 in zip(b1, b2, strict=True)), i
+        assert torch.equal(plain.rng[i], after.rng[i]), i
+
+
+def test_lsuv_resume_changes_nothing(tmp_path):
+    trainer = _trainer(tmp_path, [WeightInit("lsuv", seed=0)], max_steps=2)
+    trainer.fit(TinyModel())
+    ckpt = tmp_path / "lsuv.ckpt"
+    trainer.save_checkpoint(ckpt)
+    saved = torch.load(ckpt, weights_only=False)["state_dict"]
+    cb, ref = WeightInit("lsuv", seed=1), FirstBatchWeights()
+    _trainer(tmp_path, [cb, ref], max_steps=4).fit(TinyModel(), ckpt_path=ckpt)
+    assert cb.report is None
+    for key, value in saved.items():
+        assert torch.equal(ref.weights[key], value), key
+
+
+class DictBatchModel(TinyModel):
+    """Batches are dicts the default LSUV forward cannot read: the module says how with ``lsuv_forward``."""
+
+    def __init__(self):
+        super().__init__()
+        self.lsuv_calls = 0
+
+    def training_step(self, batch, batch_idx):
+        return nn.functional.mse_loss(self(batch["features"]), batch["target"])
+
+    def train_dataloader(self):
+        g = torch.Generator().manual_seed(0)
+        rows = [{"features": torch.randn(4, generator=g), "target": torch.randn(1, generator=g)} for _ in range(64)]
+        return DataLoader(rows, batch_size=32)
+
+    def lsuv_forward(self, batch):
+        self.lsuv_calls += 1
+        return self(batch["features"])
+
+
+def test_lsuv_uses_the_modules_lsuv_forward(tmp_path):
+    model, ref = DictBatchModel(), FirstBatchWeights()
+    cb = WeightInit("lsuv", seed=0)
+    _trainer(tmp_path, [cb, ref], max_steps=1).fit(model)
+    assert model.lsuv_calls > 3  # order pass + one measurement per layer and rescaling
+    assert cb.report.lsuv.converged
+    check = DictBatchModel()
+    check.configure_model()
+    check.load_state_dict(ref.weights)
+    x = next(iter(check.train_dataloader()))["features"]
+    assert abs(_linear_output_variances(check, x)["head"] - 1) <= 0.1
+
+
+def test_lsuv_bad_arguments_in_init():
+    with pytest.raises(ValueError, match=r"`lsuv_tol` must be a number in \(0, 1\), got 1.5"):
+        WeightInit("lsuv", lsuv_tol=1.5)
+    with pytest.raises(ValueError, match=r"`lsuv_max_iters` must be an integer >= 1, got 0"):
+        WeightInit("lsuv", lsuv_max_iters=0)
+    with pytest.raises(ValueError, match=r"`lsuv_max_iters`=3 is only used by scheme 'lsuv'"):
+        WeightInit("xavier_normal", lsuv_max_iters=3)
+    with pytest.raises(ValueError, match=r"`bias`=0.1 cannot be used with scheme 'lsuv'"):
+        WeightInit("lsuv", bias=0.1)
+    WeightInit("xavier_normal", lsuv_tol=0.2, rules=[InitRule(name="head", scheme="lsuv")])  # a rule uses LSUV
+
+
 # ---------------------------------------------------------------- LightningCLI
 
 
@@ -281,13 +443,44 @@ def test_cli_typo_is_a_parser_error(tmp_path, capsys):
     assert "fan_ot" in capsys.readouterr().err
 
 
-def test_cli_out_of_range_refused_before_training(tmp_path):
-    # Type-valid but out-of-range values pass the parser and are refused when WeightInit is instantiated, before the
-    # Trainer exists; the message names the argument and the value.
-    with pytest.raises(ValueError, match=r"`std` must be a finite number > 0, got -1.0"):
-        _cli(tmp_path, "scheme: normal\nstd: -1.0\n")
+@pytest.mark.parametrize(
+    ("init_args", "key", "restriction"),
+    [
+        ("scheme: normal\nstd: -1.0\n", "std", "v>0"),
+        ("scheme: xavier_normal\ngain: 0.0\n", "gain", "v>0"),
+        ("scheme: lsuv\nlsuv_tol: 1.5\n", "lsuv_tol", "v>0 and v<1"),
+        ("scheme: lsuv\nlsuv_max_iters: 0\n", "lsuv_max_iters", "v>0"),
+    ],
+)
+def test_cli_out_of_range_is_a_parser_error(tmp_path, capsys, init_args, key, restriction):
+    # restricted types (jsonargparse.typing) make LightningCLI refuse the value while parsing: exit code 2, the key,
+    # the value and the restriction in the message, no traceback, no Trainer built
+    with pytest.raises(SystemExit) as exc:
+        _cli(tmp_path, init_args)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f'Parser key "{key}"' in err
+    assert f"does not conform to restriction {restriction}" in err
+    assert "Traceback" not in err
+
+
+def test_cli_cross_argument_errors_refused_before_training(tmp_path):
+    # a parameter the scheme does not take depends on another argument: no type can say it, so WeightInit's
+    # ValueError (raised when LightningCLI instantiates it, before the Trainer exists) names it
     with pytest.raises(ValueError, match=r"`gain`=2.0 is not a parameter of scheme 'normal'"):
         _cli(tmp_path, "scheme: normal\ngain: 2.0\n")
+    with pytest.raises(ValueError, match=r"`lsuv_tol`=0.05 is only used by scheme 'lsuv'"):
+        _cli(tmp_path, "scheme: normal\nlsuv_tol: 0.05\n")
+
+
+def test_cli_yaml_lsuv_fit(tmp_path):
+    cli = _cli(tmp_path, "scheme: lsuv\nlsuv_tol: 0.05\nlsuv_max_iters: 5\nseed: 0\n")
+    cb = next(c for c in cli.trainer.callbacks if isinstance(c, WeightInit))
+    assert cli.trainer.global_step == 2
+    assert cb.report.lsuv is not None
+    assert (cb.report.lsuv.tol, cb.report.lsuv.max_iters) == (0.05, 5)
+    assert [r.name for r in cb.report.lsuv.layers] == ["body.0", "body.2", "head"]
+    assert cb.report.lsuv.converged
 
 
 # ---------------------------------------------------------------- DDP
@@ -302,36 +495,41 @@ from lightning_init import WeightInit
 class Checksums(pl.Callback):
     def __init__(self):
         self.first = None
+        self.batch = None
     def _sum(self, m):
         return torch.stack([p.detach().double().sum() * (i + 1) for i, p in enumerate(m.parameters())]).sum().reshape(1)
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if self.first is None:
             self.first = trainer.strategy.all_gather(self._sum(pl_module)).flatten().tolist()
+            self.batch = trainer.strategy.all_gather(batch[0].double().sum().reshape(1)).flatten().tolist()
     def on_train_end(self, trainer, pl_module):
         last = trainer.strategy.all_gather(self._sum(pl_module)).flatten().tolist()
         if trainer.global_rank == 0:
-            json.dump({{"first": self.first, "last": last}}, open({out!r}, "w"))
+            json.dump({{"first": self.first, "last": last, "batch": self.batch}}, open({out!r}, "w"))
 
 if __name__ == "__main__":
     torch.manual_seed(0)
     cb = Checksums()
     trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_steps=3, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         default_root_dir={tmp!r}, callbacks=[WeightInit("kaiming_normal", nonlinearity="relu"), cb])
+                         default_root_dir={tmp!r}, callbacks=[{init}, cb])
     trainer.fit(TinyModel(width=32))
 """
 
 
 @pytest.mark.distributed
 @pytest.mark.slow
-def test_ddp_ranks_end_identical_without_seed(tmp_path):
+@pytest.mark.parametrize("init", ["WeightInit('kaiming_normal', nonlinearity='relu')", "WeightInit('lsuv')"])
+def test_ddp_ranks_end_identical_without_seed(tmp_path, init):
+    # lsuv: applied at the first batch, on which every rank holds a different shard of the data
     root = str(Path(__file__).resolve().parents[1])
     out = tmp_path / "checksums.json"
     script = tmp_path / "ddp_fit.py"
-    script.write_text(DDP_SCRIPT.format(root=root, out=str(out), tmp=str(tmp_path)))
+    script.write_text(DDP_SCRIPT.format(root=root, out=str(out), tmp=str(tmp_path), init=init))
     proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     sums = json.loads(out.read_text())
     assert len(sums["first"]) == 2
+    assert sums["batch"][0] != sums["batch"][1]  # the ranks initialized on different batches
     assert sums["first"][0] == sums["first"][1]
     assert sums["last"][0] == sums["last"][1]

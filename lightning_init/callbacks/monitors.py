@@ -18,18 +18,39 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-from collections.abc import Iterable, Sequence
-from typing import Any, ClassVar
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, ClassVar, get_args
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
 
 from lightning_init import writers
 from lightning_init.activations import nonlinearity_of
+from lightning_init.health import (
+    DEAD_FRACTION,
+    EXPLODING_ACTIVATION_RATIO,
+    EXPLODING_GRAD_GROWTH,
+    EXPLODING_GRAD_NORM,
+    SATURATED_FRACTION,
+    SYMMETRIC_SPREAD,
+    UPDATE_RATIO_HIGH,
+    UPDATE_RATIO_LOW,
+    VANISHING_ACTIVATION_RATIO,
+    VANISHING_GRAD_FLOOR,
+    VANISHING_GRAD_RATIO,
+    Finding,
+    HealthError,
+    HealthThresholds,
+    HealthTracker,
+    Kind,
+    OnAnomaly,
+    merge_findings,
+    profile_of,
+)
 from lightning_init.hooks import ActivationRecorder
 from lightning_init.stats import (
     ACTIVATION_STATS,
@@ -59,6 +80,8 @@ __all__ = ["ActivationMonitor", "GradientMonitor", "WeightMonitor"]
 #: Histograms are costly (a pass, a scatter and a transfer per tensor) and TensorBoard shows ~30 of them per tag;
 #: every 500 steps keeps them to a few hundred per tag over a long run.
 DEFAULT_HISTOGRAM_EVERY_N_STEPS = 500
+
+_ON_ANOMALY: tuple[str, ...] = get_args(OnAnomaly)
 
 
 def _closest(value: str, choices: Iterable[str]) -> str:
@@ -97,13 +120,15 @@ class _LayerMonitor(Callback):
 
     After every logging step a monitor holds a host-side table ``{name: {stat: value}}`` ordered from input to output
     and hands it to :meth:`_on_table`, the one place to extend (the default logs the selected statistics as
-    ``{kind}_{stat}/{name}`` scalars to every logger). Rows may carry more statistics than are logged (see
-    ``_extra_stats``).
+    ``{kind}_{stat}/{name}`` scalars to every logger and, with ``health=True``, judges the table with
+    :mod:`lightning_init.health`). Rows may carry more statistics than are logged (see ``_extra_stats``).
     """
 
-    kind: ClassVar[str]
+    kind: ClassVar[Kind]
     _valid_stats: ClassVar[tuple[str, ...]]
     _default_stats: ClassVar[tuple[str, ...]]
+    #: Statistics the health rules of this kind read (computed into the table when ``health=True``, not logged).
+    _health_stats: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -113,6 +138,10 @@ class _LayerMonitor(Callback):
         exclude: str | Sequence[str] | None = None,
         module_types: Sequence[str | type[nn.Module]] | None = None,
         stats: Sequence[str] | None = None,
+        *,
+        health: bool = True,
+        on_anomaly: OnAnomaly = "warn",
+        thresholds: Mapping[str, float] | None = None,
     ) -> None:
         self.every_n_steps = _positive_or_none("every_n_steps", every_n_steps)
         self.histogram_every_n_steps = _positive_or_none("histogram_every_n_steps", histogram_every_n_steps)
@@ -131,10 +160,43 @@ class _LayerMonitor(Callback):
                     + _closest(str(s), self._valid_stats)
                 )
         self.stats: tuple[str, ...] = tuple(dict.fromkeys(chosen))
+        if not isinstance(health, bool):
+            raise ValueError(f"`health` must be True or False, got {health!r}.")
+        if on_anomaly not in _ON_ANOMALY:
+            raise ValueError(
+                f"`on_anomaly` can be {', '.join(map(repr, _ON_ANOMALY))}, got {on_anomaly!r}."
+                + _closest(str(on_anomaly), _ON_ANOMALY)
+            )
+        self.health = health
+        self.on_anomaly: OnAnomaly = on_anomaly
+        #: The validated thresholds (this monitor reads only those of its own rules).
+        self.thresholds = HealthThresholds(**dict(thresholds or {}))
+        self._tracker: HealthTracker | None = HealthTracker(self.kind) if health else None
+        self._heatmap_step: int | None = None
         #: Statistics computed into the table but not logged (e.g. ``row_spread`` for a health verdict).
-        self._extra_stats: tuple[str, ...] = ()
+        self._extra_stats: tuple[str, ...] = self._health_stats if health else ()
         self._every: int | None = None
         self._warned_no_logger = False
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(
+            every_n_steps=self.every_n_steps,
+            include=self.include,
+            exclude=self.exclude,
+            module_types=tuple(t if isinstance(t, str) else t.__qualname__ for t in self.module_types),
+            stats=self.stats,
+        )
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"health": self._tracker.state_dict()} if self._tracker is not None else {}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if self._tracker is not None and "health" in state_dict:
+            self._tracker.load_state_dict(state_dict["health"])
 
     # ------------------------------------------------------------------ scheduling
 
@@ -187,6 +249,10 @@ class _LayerMonitor(Callback):
                 f"{type(self).__name__}: the Trainer has no logger (`logger=False`), nothing will be logged."
             )
         writers.request_layout(trainer, self.kind, self.stats)
+        if self.health:
+            self._tracker = HealthTracker(self.kind)  # a new fit, a new report (a resumed one is restored after setup)
+            self._heatmap_step = None
+            writers.request_health_chart(trainer)
 
     @override
     def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
@@ -195,9 +261,9 @@ class _LayerMonitor(Callback):
     # ------------------------------------------------------------------ the seam
 
     def _on_table(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", table: Table, step: int) -> None:
-        """Receive the host-side table of a logging step (ordered input -> output) and log its scalars.
+        """Receive the host-side table of a logging step (ordered input -> output), judge it and log its scalars.
 
-        Override (calling ``super()``) to judge the numbers; ``step`` is the step the values are logged at.
+        Override (calling ``super()``) to add to it; ``step`` is the step the values are logged at.
         """
         metrics = {
             f"{self.kind}_{stat}/{name}": value
@@ -205,7 +271,40 @@ class _LayerMonitor(Callback):
             for name, row in table.items()
             if (value := row.get(stat)) is not None
         }
+        findings: list[Finding] = []
+        fresh: list[Finding] = []
+        if self._tracker is not None:
+            nls = self._nonlinearities()
+            findings = self.thresholds.check(self.kind, table, step=step, nonlinearities=nls)
+            fresh = self._tracker.update(
+                step, findings, profile=profile_of(self.kind, table, nls), layers=[n for n in table if n != "total"]
+            )
+            metrics.update(self._tracker.scalars())
         writers.log_scalars(trainer, metrics, step)
+        for finding in fresh:  # once per (rule, layer): the tracker remembers what it returned
+            rank_zero_warn(f"{type(self).__name__}: {finding.message}", category=UserWarning)
+        if findings:
+            self._on_findings(trainer, findings)
+
+    def _on_findings(self, trainer: "pl.Trainer", findings: list[Finding]) -> None:
+        """Apply ``on_anomaly`` to the findings of one logging step.
+
+        The decision is a function of the table alone (any finding at all), so every process that judges the same
+        table decides the same way. Under DDP the tables are per-rank until the statistics are reduced across ranks;
+        until then a finding seen on one rank only (e.g. a NaN in one rank's activations) stops or raises on that
+        rank only.
+        """
+        if self.on_anomaly == "stop":
+            if not trainer.should_stop:
+                first = merge_findings(findings)[0]
+                rank_zero_info(f"{type(self).__name__}: stopping training (`on_anomaly='stop'`): {first.message}")
+            trainer.should_stop = True
+        elif self.on_anomaly == "raise":
+            raise HealthError(merge_findings(findings)[0])
+
+    def _nonlinearities(self) -> Mapping[str, str | None] | None:
+        """Module name -> nonlinearity of the rows of the last table (activations only)."""
+        return None
 
     def _log_histograms(
         self, trainer: "pl.Trainer", names: Sequence[str], hists: Sequence[HostHistogram | None], step: int
@@ -213,6 +312,27 @@ class _LayerMonitor(Callback):
         writers.log_histograms(
             trainer, {f"{self.kind}/{n}": h for n, h in zip(names, hists, strict=True) if h is not None}, step
         )
+        self._log_heatmap(trainer, step)  # the depth-profile picture at the histograms' (rare) cadence too
+
+    def _log_heatmap(self, trainer: "pl.Trainer", step: int) -> None:
+        """Write the depth-profile heatmap ``health/{kind}_heatmap`` at ``step`` (once per step)."""
+        if self._tracker is None or self._heatmap_step == step:
+            return
+        image = self._tracker.heatmap()
+        if image is None:
+            return
+        writers.log_image(trainer, f"health/{self.kind}_heatmap", image, step)
+        self._heatmap_step = step
+
+    def _report(self, trainer: "pl.Trainer") -> None:
+        """End of fit: the per-layer health table (printed and to the Text tab) and the final heatmap."""
+        if self._tracker is None:
+            return
+        step = trainer.global_step
+        table = self._tracker.to_markdown()
+        rank_zero_info(f"{type(self).__name__} health report (step {step}):\n{table}")
+        writers.log_text(trainer, f"health/{self.kind}_report", table, step)
+        self._log_heatmap(trainer, step)
 
     # ------------------------------------------------------------------ cleanup
 
@@ -222,6 +342,7 @@ class _LayerMonitor(Callback):
     @override
     def on_fit_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         self._release()
+        self._report(trainer)
 
     @override
     def on_exception(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", exception: BaseException) -> None:
@@ -272,7 +393,23 @@ class WeightMonitor(_LayerMonitor):
     - ``weight_update_ratio/{param}``: ``‖w_after - w_before‖ / ‖w_before‖`` over the optimizer step (healthy
       training sits near 1e-3; not logged at fit start);
     - ``weight_row_spread/{param}`` only when asked for in ``stats``;
-    - histograms ``weight/{param}`` (TensorBoard only) on histogram steps and at fit start.
+    - histograms ``weight/{param}`` (TensorBoard only) on histogram steps and at fit start;
+    - with ``health=True`` (see "Health checks"): ``health/nonfinite_weight``, ``health/symmetric``,
+      ``health/update_ratio`` (number of flagged parameters) at every logging step; the text
+      ``health/weight_report`` and the image ``health/weight_heatmap`` (TensorBoard only).
+
+    Health checks (thresholds justified in :class:`~lightning_init.health.HealthThresholds`):
+
+    - ``nonfinite``: a weight holds NaN/Inf ("NaN/Inf weights");
+    - ``symmetric``: ``row_spread`` (computed for this check, not logged unless in ``stats``) at or below
+      ``symmetric_spread``: every output unit has the same weights, as after a zero or constant init;
+    - ``update_ratio`` (only when ``update_ratio`` is logged; biases not judged): a non-zero ratio below
+      ``update_ratio_low`` (frozen learning) or above ``update_ratio_high`` (unstable learning).
+
+    Each finding is a ``UserWarning`` (once per (rule, parameter)) naming the parameters, the value against the
+    threshold and a remedy. At fit end the per-parameter health table is printed (``rank_zero_info``) and written to
+    TensorBoard's Text tab as ``health/weight_report``; ``health/weight_heatmap`` (parameters x logged steps, colour =
+    log10 of ``update_ratio``) goes to the Images tab at fit end and on histogram steps.
 
     Args:
         every_n_steps: log every this many optimizer steps; ``None`` uses ``Trainer(log_every_n_steps=...)``.
@@ -282,9 +419,17 @@ class WeightMonitor(_LayerMonitor):
         module_types: watch only parameters owned directly by modules of these types (class names such as
             ``"Linear"`` or classes; subclasses match). Default: every module that owns parameters.
         stats: statistics to log (default ``mean, std, norm, abs_max, update_ratio``).
+        health: judge every logged table with the health rules below (``False``: measure only).
+        on_anomaly: on a finding, ``"warn"`` only (a ``UserWarning`` once per (rule, layer)), ``"stop"`` training
+            gracefully after the current step (``trainer.should_stop``), or ``"raise"``
+            :class:`~lightning_init.health.HealthError` (hooks are removed on the way out).
+        symmetric_spread: ``row_spread`` at or below this is symmetric.
+        update_ratio_low: a non-zero update ratio below this is frozen learning (``0`` disables).
+        update_ratio_high: an update ratio above this is unstable learning (``.inf`` disables).
 
     Raises:
-        ValueError: on a non-positive ``every_n_steps`` / ``histogram_every_n_steps`` or an unknown statistic.
+        ValueError: on a non-positive ``every_n_steps`` / ``histogram_every_n_steps``, an unknown statistic, an
+            unknown ``on_anomaly`` or a threshold out of its range.
 
     Example::
 
@@ -297,6 +442,7 @@ class WeightMonitor(_LayerMonitor):
     kind = "weight"
     _valid_stats = WEIGHT_STATS
     _default_stats = DEFAULT_WEIGHT_STATS
+    _health_stats = ("abs_max", "row_spread")
 
     def __init__(
         self,
@@ -306,8 +452,27 @@ class WeightMonitor(_LayerMonitor):
         exclude: str | Sequence[str] | None = None,
         module_types: Sequence[str | type[nn.Module]] | None = None,
         stats: Sequence[WeightStat] | None = None,
+        health: bool = True,
+        on_anomaly: OnAnomaly = "warn",
+        symmetric_spread: float = SYMMETRIC_SPREAD,
+        update_ratio_low: float = UPDATE_RATIO_LOW,
+        update_ratio_high: float = UPDATE_RATIO_HIGH,
     ) -> None:
-        super().__init__(every_n_steps, histogram_every_n_steps, include, exclude, module_types, stats)
+        super().__init__(
+            every_n_steps,
+            histogram_every_n_steps,
+            include,
+            exclude,
+            module_types,
+            stats,
+            health=health,
+            on_anomaly=on_anomaly,
+            thresholds={
+                "symmetric_spread": symmetric_spread,
+                "update_ratio_low": update_ratio_low,
+                "update_ratio_high": update_ratio_high,
+            },
+        )
         self._pending: int | None = None  # the optimizer step whose result is to be logged
         self._pending_histograms = False
         self._pending_scalars = False
@@ -414,7 +579,24 @@ class GradientMonitor(_LayerMonitor):
     - ``grad_nonfinite/{param}``: number of NaN/Inf elements (the other statistics then are NaN/Inf);
     - ``grad_ratio/{param}``: ``‖g‖ / ‖w‖``;
     - ``grad_norm/total``: L2 norm over all reported gradients (with ``norm``);
-    - histograms ``grad/{param}`` of the finite values (TensorBoard only) on histogram steps.
+    - histograms ``grad/{param}`` of the finite values (TensorBoard only) on histogram steps;
+    - with ``health=True``: ``health/nonfinite_grad``, ``health/vanishing_grad``, ``health/exploding_grad`` (number
+      of flagged parameters) at every logging step; the text ``health/grad_report`` and the image
+      ``health/grad_heatmap`` (TensorBoard only).
+
+    Health checks (thresholds justified in :class:`~lightning_init.health.HealthThresholds`; depth profiles compare
+    weights with weights and biases with biases, input -> output):
+
+    - ``nonfinite``: a gradient holds NaN/Inf ("NaN/Inf gradients");
+    - ``vanishing_grad``: a grad norm below ``vanishing_grad_ratio`` times the largest of the deeper layers', or below
+      ``vanishing_grad_floor``;
+    - ``exploding_grad``: a grad norm above ``exploding_grad_norm``, or above ``exploding_grad_growth`` times the
+      smallest of the deeper layers'.
+
+    Each finding is a ``UserWarning`` (once per (rule, parameter)) naming the parameters, the value against the
+    threshold and a remedy. At fit end the per-parameter health table is printed and written to TensorBoard's Text tab
+    as ``health/grad_report``; ``health/grad_heatmap`` (weights x logged steps, colour = log10 of the grad norm) goes
+    to the Images tab at fit end and on histogram steps.
 
     Args:
         every_n_steps: log every this many optimizer steps; ``None`` uses ``Trainer(log_every_n_steps=...)``.
@@ -423,9 +605,18 @@ class GradientMonitor(_LayerMonitor):
         exclude: glob(s) on parameter names to skip.
         module_types: watch only parameters owned directly by modules of these types (class names or classes).
         stats: statistics to log (default: all of ``norm, mean, std, abs_max, nonfinite, ratio``).
+        health: judge every logged table with the health rules below (``False``: measure only).
+        on_anomaly: on a finding, ``"warn"`` only (a ``UserWarning`` once per (rule, layer)), ``"stop"`` training
+            gracefully after the current step (``trainer.should_stop``), or ``"raise"``
+            :class:`~lightning_init.health.HealthError` (hooks are removed on the way out).
+        vanishing_grad_ratio: a grad norm this many times smaller than a deeper layer's is vanishing.
+        vanishing_grad_floor: a grad norm below this is vanishing (``0`` disables).
+        exploding_grad_norm: a grad norm above this is exploding (``.inf`` disables).
+        exploding_grad_growth: a grad norm this many times larger than a deeper layer's is exploding.
 
     Raises:
-        ValueError: on a non-positive ``every_n_steps`` / ``histogram_every_n_steps`` or an unknown statistic.
+        ValueError: on a non-positive ``every_n_steps`` / ``histogram_every_n_steps``, an unknown statistic, an
+            unknown ``on_anomaly`` or a threshold out of its range.
 
     Example::
 
@@ -438,6 +629,7 @@ class GradientMonitor(_LayerMonitor):
     kind = "grad"
     _valid_stats = GRAD_STATS
     _default_stats = DEFAULT_GRAD_STATS
+    _health_stats = ("norm", "nonfinite")
 
     def __init__(
         self,
@@ -447,8 +639,29 @@ class GradientMonitor(_LayerMonitor):
         exclude: str | Sequence[str] | None = None,
         module_types: Sequence[str | type[nn.Module]] | None = None,
         stats: Sequence[GradStat] | None = None,
+        health: bool = True,
+        on_anomaly: OnAnomaly = "warn",
+        vanishing_grad_ratio: float = VANISHING_GRAD_RATIO,
+        vanishing_grad_floor: float = VANISHING_GRAD_FLOOR,
+        exploding_grad_norm: float = EXPLODING_GRAD_NORM,
+        exploding_grad_growth: float = EXPLODING_GRAD_GROWTH,
     ) -> None:
-        super().__init__(every_n_steps, histogram_every_n_steps, include, exclude, module_types, stats)
+        super().__init__(
+            every_n_steps,
+            histogram_every_n_steps,
+            include,
+            exclude,
+            module_types,
+            stats,
+            health=health,
+            on_anomaly=on_anomaly,
+            thresholds={
+                "vanishing_grad_ratio": vanishing_grad_ratio,
+                "vanishing_grad_floor": vanishing_grad_floor,
+                "exploding_grad_norm": exploding_grad_norm,
+                "exploding_grad_growth": exploding_grad_growth,
+            },
+        )
 
     @override
     def on_before_optimizer_step(
@@ -513,7 +726,25 @@ class ActivationMonitor(_LayerMonitor):
       of outputs within 0.01 of a bound of the output range, i.e. ``|y| > 0.99`` for tanh, ``y < 0.01`` or
       ``y > 0.99`` for sigmoid;
     - ``activation_nonfinite/{module}``: number of NaN/Inf outputs;
-    - histograms ``activation/{module}`` (TensorBoard only) of the first micro-batch of a histogram step.
+    - histograms ``activation/{module}`` (TensorBoard only) of the first micro-batch of a histogram step;
+    - with ``health=True``: ``health/nonfinite_activation``, ``health/vanishing_activation``,
+      ``health/exploding_activation``, ``health/dead``, ``health/saturated`` (number of flagged modules) at every
+      logging step; the text ``health/activation_report`` and the image ``health/activation_heatmap`` (TensorBoard
+      only).
+
+    Health checks (thresholds justified in :class:`~lightning_init.health.HealthThresholds`; the statistics they read
+    are computed whatever ``stats`` logs):
+
+    - ``nonfinite``: a module output holds NaN/Inf ("NaN/Inf activations");
+    - ``vanishing_activation`` / ``exploding_activation``: ``activation_std`` of a parameterized layer divided by the
+      first parameterized layer's below ``vanishing_activation_ratio`` / above ``exploding_activation_ratio``;
+    - ``dead``: ``zero_fraction`` above ``dead_fraction`` after a ReLU-like module ("dead ReLU units");
+    - ``saturated``: ``saturation`` above ``saturated_fraction`` after tanh/sigmoid ("saturated tanh units").
+
+    Each finding is a ``UserWarning`` (once per (rule, module)) naming the modules, the value against the threshold
+    and a remedy. At fit end the per-module health table is printed and written to TensorBoard's Text tab as
+    ``health/activation_report``; ``health/activation_heatmap`` (parameterized layers x logged steps, colour = log10
+    of ``activation_std``) goes to the Images tab at fit end and on histogram steps.
 
     Args:
         every_n_steps: log every this many optimizer steps; ``None`` uses ``Trainer(log_every_n_steps=...)``.
@@ -522,9 +753,18 @@ class ActivationMonitor(_LayerMonitor):
         exclude: glob(s) on module names to skip.
         module_types: watch modules of these types instead of the default (class names or classes).
         stats: statistics to log (default: all of ``mean, std, abs_max, zero_fraction, saturation, nonfinite``).
+        health: judge every logged table with the health rules below (``False``: measure only).
+        on_anomaly: on a finding, ``"warn"`` only (a ``UserWarning`` once per (rule, layer)), ``"stop"`` training
+            gracefully after the current step (``trainer.should_stop``), or ``"raise"``
+            :class:`~lightning_init.health.HealthError` (hooks are removed on the way out).
+        vanishing_activation_ratio: a layer's activation std relative to the first layer's below this is vanishing.
+        exploding_activation_ratio: the same ratio above this is exploding.
+        dead_fraction: ``zero_fraction`` above this after a ReLU-like module is dead.
+        saturated_fraction: ``saturation`` above this after tanh/sigmoid is saturated.
 
     Raises:
-        ValueError: on a non-positive ``every_n_steps`` / ``histogram_every_n_steps`` or an unknown statistic.
+        ValueError: on a non-positive ``every_n_steps`` / ``histogram_every_n_steps``, an unknown statistic, an
+            unknown ``on_anomaly`` or a threshold out of its range.
 
     Example::
 
@@ -537,6 +777,7 @@ class ActivationMonitor(_LayerMonitor):
     kind = "activation"
     _valid_stats = ACTIVATION_STATS
     _default_stats = DEFAULT_ACTIVATION_STATS
+    _health_stats = ("std", "zero_fraction", "saturation", "nonfinite")
 
     def __init__(
         self,
@@ -546,8 +787,29 @@ class ActivationMonitor(_LayerMonitor):
         exclude: str | Sequence[str] | None = None,
         module_types: Sequence[str | type[nn.Module]] | None = None,
         stats: Sequence[ActivationStat] | None = None,
+        health: bool = True,
+        on_anomaly: OnAnomaly = "warn",
+        vanishing_activation_ratio: float = VANISHING_ACTIVATION_RATIO,
+        exploding_activation_ratio: float = EXPLODING_ACTIVATION_RATIO,
+        dead_fraction: float = DEAD_FRACTION,
+        saturated_fraction: float = SATURATED_FRACTION,
     ) -> None:
-        super().__init__(every_n_steps, histogram_every_n_steps, include, exclude, module_types, stats)
+        super().__init__(
+            every_n_steps,
+            histogram_every_n_steps,
+            include,
+            exclude,
+            module_types,
+            stats,
+            health=health,
+            on_anomaly=on_anomaly,
+            thresholds={
+                "vanishing_activation_ratio": vanishing_activation_ratio,
+                "exploding_activation_ratio": exploding_activation_ratio,
+                "dead_fraction": dead_fraction,
+                "saturated_fraction": saturated_fraction,
+            },
+        )
         self._recorder = ActivationRecorder()
         self._recording: int | None = None  # the optimizer step being recorded
         self._recording_scalars = False
@@ -572,6 +834,10 @@ class ActivationMonitor(_LayerMonitor):
     def _release(self) -> None:
         self._recorder.clear()
         self._recording = None
+
+    @override
+    def _nonlinearities(self) -> Mapping[str, str | None] | None:
+        return self.nonlinearities
 
     @override
     def on_train_batch_start(

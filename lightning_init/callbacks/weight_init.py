@@ -6,24 +6,29 @@ The math lives in :mod:`lightning_init.init` / :mod:`lightning_init.schemes`; th
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
+
+# Runtime imports on purpose: LightningCLI (jsonargparse) validates these restricted types while parsing the config, so
+# an out-of-range value is a clean parser error instead of a traceback when the callback is instantiated.
+from jsonargparse.typing import OpenUnitInterval, PositiveFloat, PositiveInt
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
 from lightning_init.init import InitReport, init_module
+from lightning_init.lsuv import check_lsuv_args
 from lightning_init.rules import InitRule, as_rules
-from lightning_init.schemes import FanMode, Nonlinearity, SchemeName, validate_scheme
+from lightning_init.schemes import DATA_SCHEMES, FanMode, Nonlinearity, SchemeName, validate_scheme
 from lightning_init.writers import log_text
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
 
-#: Schemes that need the first training batch (data-dependent, e.g. LSUV): applied at the first
-#: ``on_train_batch_start`` instead of ``on_fit_start``.
-DATA_SCHEMES: frozenset[str] = frozenset()
+#: Name of the optional LightningModule method that runs the model on a batch for LSUV: ``lsuv_forward(batch)``.
+LSUV_FORWARD_HOOK = "lsuv_forward"
 
 
 class WeightInit(Callback):
@@ -46,6 +51,28 @@ class WeightInit(Callback):
     - Torch's global RNG is never used or changed: ``seed`` seeds a private ``torch.Generator``; without it the
       generator is seeded from the OS.
 
+    **LSUV** (``scheme="lsuv"``, Mishkin & Matas 2016, data-dependent): applied at the first training batch instead of
+    fit start (``on_train_batch_start`` of step 0, on the batch Lightning hands it, already on the device: the
+    dataloader is not iterated again, so its order and RNG are untouched). Linear and Conv1d/2d/3d layers get an
+    orthogonal weight and a zero bias, then, in forward order, are rescaled until their output variance on that batch
+    is 1 within ``lsuv_tol`` (at most ``lsuv_max_iters`` rescalings each). Every other layer gets what ``auto`` gives
+    it (norms weight 1 / bias 0, embeddings N(0, 1), RNN gate blocks, ...); rules apply as for any scheme (``skip``
+    leaves a layer untouched, another scheme takes it away from LSUV, ``scheme: lsuv`` in a rule gives LSUV to the
+    matched layers only). The passes run in eval mode and leave each module's train/eval flag, buffers and torch's
+    global RNG as they were. Per-layer iterations and variances are appended to the report; layers that cannot reach
+    unit variance (zero output, NaN) are reported and warned about, never looped on. Under DDP every rank sees its
+    own batch, so rank 0's result is broadcast.
+
+    How the batch reaches the model: ``pl_module(batch)`` for a tensor, ``pl_module(batch[0])`` for a tuple/list
+    (the ``(x, y)`` convention), ``pl_module(batch["x"])`` for a mapping. Anything else: define
+    ``lsuv_forward(self, batch)`` on the LightningModule; it is called instead (under ``torch.no_grad()``, in eval
+    mode) and may also ignore ``batch`` and run the model on data of your choice (Python-only way to give LSUV
+    another batch)::
+
+        class MyModel(pl.LightningModule):
+            def lsuv_forward(self, batch):
+                return self(batch["image"])
+
     Args:
         scheme: The initializer (``auto`` by default).
         mean: ``normal`` / ``trunc_normal`` mean (default 0).
@@ -62,10 +89,14 @@ class WeightInit(Callback):
         seed: Reproducible weights, independent of ``torch.manual_seed``.
         weights_loaded: You loaded weights yourself (fine-tuning): only layers that a rule matches are initialized,
             everything else keeps its weights.
+        lsuv_tol: LSUV's tolerance on each layer's output variance, ``|var - 1| <= lsuv_tol``, in ``(0, 1)``
+            (default 0.1). Only with ``scheme="lsuv"`` or an ``lsuv`` rule.
+        lsuv_max_iters: LSUV's maximum number of rescalings per layer, ``>= 1`` (default 10). Only with LSUV.
 
     Raises:
         ValueError: In ``__init__``, for an unknown scheme (with the closest name), a parameter the scheme does not
-            take or a value out of range; at fit start, for a rule that matches no layer.
+            take or a value out of range; at fit start, for a rule that matches no layer; with LSUV, at the first
+            training batch, for a batch the default forward cannot read (define ``lsuv_forward``).
         RuntimeError: In ``setup``, under FSDP, DeepSpeed or ModelParallel strategies.
 
     Example::
@@ -74,6 +105,7 @@ class WeightInit(Callback):
         from lightning_init import WeightInit
 
         trainer = pl.Trainer(callbacks=[WeightInit(scheme="kaiming_normal", nonlinearity="relu", seed=0)])
+        trainer = pl.Trainer(callbacks=[WeightInit(scheme="lsuv", lsuv_tol=0.05, seed=0)])
     """
 
     def __init__(
@@ -81,17 +113,19 @@ class WeightInit(Callback):
         scheme: SchemeName = "auto",
         *,
         mean: float | None = None,
-        std: float | None = None,
+        std: PositiveFloat | None = None,
         a: float | None = None,
         b: float | None = None,
         mode: FanMode | None = None,
         nonlinearity: Nonlinearity | None = None,
-        gain: float | None = None,
+        gain: PositiveFloat | None = None,
         value: float | None = None,
         bias: float = 0.0,
         rules: list[InitRule] | None = None,
         seed: int | None = None,
         weights_loaded: bool = False,
+        lsuv_tol: OpenUnitInterval | None = None,
+        lsuv_max_iters: PositiveInt | None = None,
     ) -> None:
         params = {"mean": mean, "std": std, "a": a, "b": b, "mode": mode, "nonlinearity": nonlinearity}
         params |= {"gain": gain, "value": value}
@@ -102,6 +136,22 @@ class WeightInit(Callback):
         self.bias = float(bias)
         self.seed = seed
         self.weights_loaded = weights_loaded
+        self.lsuv_tol = 0.1 if lsuv_tol is None else lsuv_tol
+        self.lsuv_max_iters = 10 if lsuv_max_iters is None else lsuv_max_iters
+        self._data_dependent = scheme in DATA_SCHEMES or any(r.scheme in DATA_SCHEMES for r in self.rules)
+        if self._data_dependent:
+            check_lsuv_args(self.lsuv_tol, self.lsuv_max_iters, prefix="lsuv_")
+            if scheme == "lsuv" and self.bias != 0.0:
+                raise ValueError(
+                    f"`bias`={bias!r} cannot be used with scheme 'lsuv': LSUV zeros the biases it rescales."
+                )
+        else:
+            for key, given in (("lsuv_tol", lsuv_tol), ("lsuv_max_iters", lsuv_max_iters)):
+                if given is not None:
+                    raise ValueError(
+                        f"`{key}`={given!r} is only used by scheme 'lsuv' "
+                        f"(scheme is {scheme!r} and no rule uses 'lsuv')."
+                    )
         self.report: InitReport | None = None
         self._applied = False
         self._pending = False
@@ -129,8 +179,8 @@ class WeightInit(Callback):
             self._applied = True
             rank_zero_info("WeightInit: weights_loaded=True and no rules; weights left unchanged.")
             return
-        if self.scheme in DATA_SCHEMES or any(r.scheme in DATA_SCHEMES for r in self.rules):
-            self._pending = True
+        if self._data_dependent:
+            self._pending = True  # applied at the first training batch: see on_train_batch_start
             return
         self._apply(trainer, pl_module, batch=None)
 
@@ -140,6 +190,12 @@ class WeightInit(Callback):
     ) -> None:
         if self._pending:
             self._apply(trainer, pl_module, batch=batch)
+
+    @override
+    def on_fit_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        if self._pending:
+            self._pending = False
+            rank_zero_warn(f"WeightInit({self.scheme!r}): fit ended before the first training batch; nothing applied.")
 
     def _apply(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", batch: Any) -> None:
         """Initialize, synchronize ranks, report. The one place a scheme is resolved and applied."""
@@ -153,6 +209,10 @@ class WeightInit(Callback):
                 seed=self.seed,
                 example_input=pl_module.example_input_array,
                 only_rules=self.weights_loaded,
+                lsuv_batch=batch,
+                lsuv_forward=_lsuv_forward(pl_module),
+                lsuv_tol=self.lsuv_tol,
+                lsuv_max_iters=self.lsuv_max_iters,
                 **self.params,
             )
         _broadcast_from_rank_zero(trainer, pl_module)
@@ -169,6 +229,14 @@ class WeightInit(Callback):
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._applied = bool(state_dict.get("applied", False))
+
+
+def _lsuv_forward(pl_module: "pl.LightningModule") -> Callable[[torch.nn.Module, Any], Any] | None:
+    """The LightningModule's ``lsuv_forward(batch)`` as LSUV's ``forward(module, batch)``, or ``None`` (default)."""
+    method = getattr(pl_module, LSUV_FORWARD_HOOK, None)
+    if not callable(method):
+        return None
+    return lambda _module, batch: method(batch)
 
 
 def _broadcast_from_rank_zero(trainer: "pl.Trainer", module: torch.nn.Module) -> None:

@@ -1,0 +1,127 @@
+"""`lightning-init demo` and `lightning-init compare`: arguments, exit codes, the seed's claims, one run per scheme."""
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lightning_init.cli import main
+from lightning_init.demo import Scheme, check_claims, format_table, read_scalars
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (["demo", "--steps", "0"], "--steps: expected a positive integer, got '0'"),
+        (["demo", "--stpes", "3"], "unrecognized arguments: --stpes"),
+        (["compare", "--schemes", "xavier_normal"], "the following arguments are required: --config"),
+        (["compare", "--config", "missing.yaml", "--schemes", "xavier_normal"], "is not a file"),
+        (["bogus"], "invalid choice: 'bogus'"),
+    ],
+)
+def test_bad_arguments_are_one_line_with_exit_code_2(argv, match, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert match in err
+    assert err.count("\n") == 1, err
+
+
+def test_compare_refuses_a_scheme_typo_before_any_fit(capsys):
+    config = EXAMPLES / "configs" / "mlp_auto.yaml"
+    with pytest.raises(SystemExit) as exc:
+        main(["compare", "--config", str(config), "--schemes", "xavier_normal", "kaiming_norml"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "did you mean 'kaiming_normal'?" in err.lower()
+    assert err.count("\n") == 1, err
+
+
+def test_help_documents_every_option():
+    for command, options in {
+        "demo": ["--out", "--steps", "--seed", "--every-n-steps", "--no-progress"],
+        "compare": ["--config", "--schemes", "--out", "--steps", "--seed", "--every-n-steps"],
+    }.items():
+        out = subprocess.run(
+            [sys.executable, "-m", "lightning_init.cli", command, "--help"], capture_output=True, text=True, check=True
+        ).stdout
+        for option in options:
+            assert option in out, (command, option)
+
+
+def test_scheme_parsing():
+    assert Scheme.parse("normal:std=0.01") == Scheme("normal", {"std": 0.01})
+    assert Scheme.parse("kaiming_normal:nonlinearity=leaky_relu,a=0.1").params == {
+        "nonlinearity": "leaky_relu",
+        "a": 0.1,
+    }
+    assert Scheme.parse("xavier_normal").label == "xavier_normal"
+    with pytest.raises(ValueError, match="name:key=value"):
+        Scheme.parse("normal:std")
+
+
+@pytest.mark.slow
+def test_demo_reproduces_the_seeds_claims(demo_run):
+    out, results = demo_run
+    by = {(r.experiment, r.scheme): r for r in results}
+    # XOR: zeros stays at chance (ln 2) with symmetric hidden units; both random inits solve it.
+    zeros = by["xor", "zeros"]
+    assert zeros.val_acc == 0.5
+    assert zeros.val_loss == pytest.approx(math.log(2), abs=0.01)
+    assert "symmetric" in zeros.findings
+    assert by["xor", "xavier_normal"].val_acc == 1.0
+    assert by["xor", "kaiming_normal"].val_acc == 1.0
+    # Deep ReLU: Kaiming trains best; normal(0.01) vanishes, normal(1.0) explodes.
+    deep = {s: r for (e, s), r in by.items() if e == "deep_relu"}
+    kaiming = deep.pop("kaiming_normal_nonlinearity=relu")
+    for other in deep.values():
+        assert kaiming.val_loss < (other.val_loss if not math.isnan(other.val_loss) else math.inf), other.scheme
+    assert "vanishing" in deep["normal_std=0.01"].findings
+    assert "exploding" in deep["normal_std=1.0"].findings
+    # Deep tanh: Xavier healthy, normal(1.0) saturated, normal(0.01) vanishing.
+    assert by["deep_tanh", "xavier_normal"].findings == []
+    assert "saturated" in by["deep_tanh", "normal_std=1.0"].findings
+    assert "vanishing" in by["deep_tanh", "normal_std=0.01"].findings
+    assert all(c.holds for c in check_claims(results)), check_claims(results)
+    # One TensorBoard run per experiment/scheme, and the table's numbers come from those event files.
+    for r in results:
+        assert Path(r.log_dir).is_relative_to(out)
+        assert any(t.startswith("grad_norm/") for t in read_scalars(r.log_dir))
+    table = format_table(results)
+    assert table.count("\n") == len(results) + 1
+    assert "| xor        | zeros" in table
+
+
+@pytest.mark.slow
+def test_compare_gives_one_row_and_one_run_per_scheme(tmp_path, capsys):
+    config = EXAMPLES / "configs" / "mlp_auto.yaml"
+    code = main(
+        [
+            "compare",
+            "--config",
+            str(config),
+            "--schemes",
+            "xavier_normal",
+            "kaiming_normal:nonlinearity=relu",
+            "--steps",
+            "12",
+            "--every-n-steps",
+            "3",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "| mlp_auto   | xavier_normal " in out
+    assert "| mlp_auto   | kaiming_normal_nonlinearity=relu " in out
+    runs = sorted(p.name for p in (tmp_path / "compare").iterdir())
+    assert runs == ["kaiming_normal_nonlinearity=relu", "xavier_normal"]
+    for run in runs:
+        scalars = read_scalars(tmp_path / "compare" / run)
+        assert [s for s, _ in scalars["grad_norm/total"]] == [2, 5, 8, 11]

@@ -2,7 +2,7 @@
 
 One command, one process::
 
-    .venv/bin/python benchmarks/overhead.py                 # full run (long: tens of minutes on 2 cores)
+    .venv/bin/python benchmarks/overhead.py                 # full matrix (about an hour on 2 busy cores)
     .venv/bin/python benchmarks/overhead.py --quick         # seconds: tiny models, for the smoke test
     .venv/bin/python benchmarks/overhead.py --models mlp --configs 'bare' 'all e1*' 'naive*'
 
@@ -39,7 +39,6 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import lightning
@@ -188,7 +187,7 @@ class WandbWatch(Callback):
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.wandb.unwatch(pl_module)
-        self.run.finish(quiet=True)
+        self.run.finish()
 
 
 def _import_wandb() -> Any:
@@ -197,7 +196,7 @@ def _import_wandb() -> Any:
     os.environ.setdefault("WANDB_DIR", tempfile.mkdtemp(prefix="wandb_bench_"))
     try:
         return importlib.import_module("wandb")
-    except Exception:  # noqa: BLE001 - any import failure means "not available"
+    except Exception:
         return None
 
 
@@ -224,21 +223,26 @@ def build_configs(cadences: list[int], hist_every: int, wandb: Any) -> list[Conf
         for every in cadences:
             for hist in (None, hist_every):
                 suffix = f" h{hist}" if hist else ""
-                configs.append(
-                    Config(
-                        f"{which} e{every}{suffix}",
-                        lambda tmp, w=which, e=every, h=hist: _monitors(w, e, h),
-                        every,
-                        hist,
-                    )
-                )
+
+                def monitors(tmp: str, w: str = which, e: int = every, h: int | None = hist) -> list[Callback]:
+                    return _monitors(w, e, h)
+
+                configs.append(Config(f"{which} e{every}{suffix}", monitors, every, hist))
     for every in cadences:
-        configs.append(Config(f"naive e{every}", lambda tmp, e=every: [NaiveMonitor(e)], every, every))
-        configs.append(Config(f"grad_norm e{every}", lambda tmp, e=every: [GradNormLogger(e)], every))
+
+        def naive(tmp: str, e: int = every) -> list[Callback]:
+            return [NaiveMonitor(e)]
+
+        def norms(tmp: str, e: int = every) -> list[Callback]:
+            return [GradNormLogger(e)]
+
+        def watch(tmp: str, e: int = every) -> list[Callback]:
+            return [WandbWatch(wandb, e, tmp)]
+
+        configs.append(Config(f"naive e{every}", naive, every, every))
+        configs.append(Config(f"grad_norm e{every}", norms, every))
         if wandb is not None:
-            configs.append(
-                Config(f"wandb e{every}", lambda tmp, e=every: [WandbWatch(wandb, e, tmp)], every, every)
-            )
+            configs.append(Config(f"wandb e{every}", watch, every, every))
     return configs
 
 
@@ -265,7 +269,9 @@ def build_models(args: argparse.Namespace) -> list[ModelSpec]:
                 return MLPClassifier(in_features=a.in_features, depth=a.depth, width=a.width)
 
         else:
-            dm = BlobImagesDataModule(image_size=args.image_size, n_train=args.cnn_batch, n_val=1, batch_size=args.cnn_batch)
+            dm = BlobImagesDataModule(
+                image_size=args.image_size, n_train=args.cnn_batch, n_val=1, batch_size=args.cnn_batch
+            )
 
             def make(a: argparse.Namespace = args) -> pl.LightningModule:
                 return SmallCNN(channels=tuple(a.channels), image_size=a.image_size)
@@ -290,8 +296,15 @@ class RunResult:
     rss: list[tuple[int, int]] = field(default_factory=list)
 
 
-def run_once(spec: ModelSpec, callbacks: Callable[[str], list[Callback]], warmup: int, steps: int, seed: int,
-             log_every_n_steps: int, rss_every: int = 1) -> RunResult:
+def run_once(
+    spec: ModelSpec,
+    callbacks: Callable[[str], list[Callback]],
+    warmup: int,
+    steps: int,
+    seed: int,
+    log_every_n_steps: int,
+    rss_every: int = 1,
+) -> RunResult:
     """One fresh fit of ``spec`` for ``warmup + steps + 1`` batches; times ``steps`` whole steps after warm-up."""
     gc.collect()
     with tempfile.TemporaryDirectory(prefix="li_bench_") as tmp:
@@ -345,7 +358,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--configs", nargs="+", default=["*"], help="glob(s) on configuration names; 'bare' always runs")
     p.add_argument("--steps", type=int, default=500, help="timed steps per run (after warm-up)")
     p.add_argument("--warmup", type=int, default=20, help="untimed steps at the start of each run")
-    p.add_argument("--repeats", type=int, default=3, help="interleaved repeats of every configuration")
+    p.add_argument(
+        "--repeats", type=int, default=3, help="interleaved repeats of every configuration (0: RSS run only)"
+    )
     p.add_argument("--cadences", nargs="+", type=int, default=[1, 50], help="every_n_steps / log_freq values")
     p.add_argument("--hist-every", type=int, default=500, help="histogram_every_n_steps of the '... hN' configs")
     p.add_argument("--depth", type=int, default=20, help="MLP Linear layers")
@@ -356,8 +371,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--cnn-batch", type=int, default=64)
     p.add_argument("--rss-steps", type=int, default=2000, help="steps of the RSS-growth run (0: skip)")
+    p.add_argument(
+        "--rss-configs", nargs="+", choices=["all", "bare"], default=["all"], help="RSS runs: monitors and/or bare"
+    )
     p.add_argument("--rss-model", choices=["mlp", "cnn"], default="mlp")
-    p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (1: robust when other processes share the cores)")
+    p.add_argument(
+        "--threads", type=int, default=1, help="torch.set_num_threads (1: robust when other processes share the cores)"
+    )
     p.add_argument("--log-every-n-steps", type=int, default=50, help="Trainer(log_every_n_steps=...) of every run")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
@@ -366,8 +386,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.quick:  # tiny defaults; options given explicitly on the command line still win
         p.set_defaults(
-            steps=10, warmup=2, repeats=1, depth=3, width=16, in_features=8, mlp_batch=8, channels=[4, 4],
-            image_size=8, cnn_batch=4, cadences=[1, 5], hist_every=5, rss_steps=30,
+            steps=10,
+            warmup=2,
+            repeats=1,
+            depth=3,
+            width=16,
+            in_features=8,
+            mlp_batch=8,
+            channels=[4, 4],
+            image_size=8,
+            cnn_batch=4,
+            cadences=[1, 5],
+            hist_every=5,
+            rss_steps=30,
             configs=["all*", "naive*", "grad_norm*", "wandb*"],
         )
         args = p.parse_args(argv)
@@ -390,19 +421,27 @@ def _quiet() -> None:
 def _print_header(args: argparse.Namespace, models: list[ModelSpec], wandb: Any) -> None:
     print("# lightning_init overhead benchmark")
     print(f"date: {datetime.datetime.now().isoformat(timespec='seconds')}")
-    print(f"machine: {platform.machine()} {platform.processor() or ''} {os.cpu_count()} logical CPUs, "
-          f"{platform.system()} {platform.release()}")
-    print(f"python {platform.python_version()}, torch {torch.__version__}, lightning {lightning.__version__}, "
-          f"wandb {getattr(wandb, '__version__', 'not installed')}")
+    print(
+        f"machine: {platform.machine()} {platform.processor() or ''} {os.cpu_count()} logical CPUs, "
+        f"{platform.system()} {platform.release()}"
+    )
+    print(
+        f"python {platform.python_version()}, torch {torch.__version__}, lightning {lightning.__version__}, "
+        f"wandb {getattr(wandb, '__version__', 'not installed')}"
+    )
     print(f"torch.set_num_threads({args.threads}) -> torch.get_num_threads() = {torch.get_num_threads()}")
-    print(f"each run: {args.warmup} warm-up + {args.steps} timed steps (+1), repeats {args.repeats} interleaved, "
-          f"TensorBoardLogger in a temp dir for every run, Trainer(log_every_n_steps={args.log_every_n_steps})")
+    print(
+        f"each timed run: {args.warmup} warm-up + {args.steps} timed steps (+1), repeats {args.repeats} interleaved, "
+        f"TensorBoardLogger in a temp dir for every run, Trainer(log_every_n_steps={args.log_every_n_steps})"
+    )
     for m in models:
         n = m.param_bytes // 4
         print(f"model {m.name}: {n:,} parameters ({m.param_bytes / _MB:.1f} MB), batch {tuple(m.batch[0].shape)}")
     if wandb is None:
-        print("note: `import wandb` failed: the wandb.watch configurations are skipped "
-              "(install wandb, e.g. into a separate --target dir on PYTHONPATH, to include them)")
+        print(
+            "note: `import wandb` failed: the wandb.watch configurations are skipped "
+            "(install wandb, e.g. into a separate --target dir on PYTHONPATH, to include them)"
+        )
     print(flush=True)
 
 
@@ -419,8 +458,10 @@ def benchmark(args: argparse.Namespace, models: list[ModelSpec], configs: list[C
             print(f"   repeat {r + 1}/{args.repeats} done in {time.perf_counter() - t0:.0f} s", flush=True)
         bare = results["bare"]
         print()
-        print(f"| config | model | logs/hists in window | steps/s | slowdown vs bare (min-max) | overhead | "
-              f"median step ms | peak RSS MB |")
+        print(
+            "| config | model | logs/hists in window | steps/s | slowdown vs bare (min-max) | overhead | "
+            "median step ms | peak RSS MB |"
+        )
         print("|---|---|---|---:|---:|---:|---:|---:|")
         for cfg in configs:
             runs = results[cfg.name]
@@ -431,19 +472,29 @@ def benchmark(args: argparse.Namespace, models: list[ModelSpec], configs: list[C
             peak = max(x.peak_rss for x in runs) / _MB
             logs = _count(cfg.logs_every, args.warmup, args.steps)
             hists = _count(cfg.hist_every, args.warmup, args.steps)
-            print(f"| {cfg.name} | {spec.name} | {logs}/{hists} | {sps:.2f} | {ratio:.3f}x "
-                  f"({min(ratios):.3f}-{max(ratios):.3f}) | {100 * (ratio - 1):+.1f} % | {step_ms:.1f} | {peak:.0f} |")
+            print(
+                f"| {cfg.name} | {spec.name} | {logs}/{hists} | {sps:.2f} | {ratio:.3f}x "
+                f"({min(ratios):.3f}-{max(ratios):.3f}) | {100 * (ratio - 1):+.1f} % | {step_ms:.1f} | {peak:.0f} |"
+            )
         print(flush=True)
 
 
-def rss_growth(args: argparse.Namespace, models: list[ModelSpec]) -> None:
+def rss_growth(args: argparse.Namespace, models: list[ModelSpec], which: str) -> None:
     spec = next((m for m in models if m.name == args.rss_model), models[0])
     warm = max(args.warmup, args.rss_steps // 10)
-    print(f"## RSS growth: {spec.name}, all three monitors every_n_steps=1, histograms every {args.hist_every}, "
-          f"{args.rss_steps} steps after {warm} warm-up steps (RSS sampled every 10 steps)", flush=True)
+    what = (
+        f"all three monitors every_n_steps=1, histograms every {args.hist_every}"
+        if which == "all"
+        else "bare (reference: Lightning + TensorBoardLogger alone)"
+    )
+    print(
+        f"## RSS growth: {spec.name}, {what}, "
+        f"{args.rss_steps} steps after {warm} warm-up steps (RSS sampled every 10 steps)",
+        flush=True,
+    )
     res = run_once(
         spec,
-        lambda tmp: _monitors("all", 1, args.hist_every),
+        (lambda tmp: _monitors("all", 1, args.hist_every)) if which == "all" else (lambda tmp: []),
         warm,
         args.rss_steps,
         args.seed,
@@ -457,11 +508,15 @@ def rss_growth(args: argparse.Namespace, models: list[ModelSpec]) -> None:
     slope = statistics.linear_regression(xs, ys).slope if len(samples) > 2 else 0.0
     trend = slope * args.rss_steps
     limit = 0.01 * spec.param_bytes
-    print(f"steps/s {args.rss_steps / res.seconds:.2f}; model parameters {spec.param_bytes / _MB:.2f} MB, "
-          f"1 % = {limit / 1024:.0f} KiB")
+    print(
+        f"steps/s {args.rss_steps / res.seconds:.2f}; model parameters {spec.param_bytes / _MB:.2f} MB, "
+        f"1 % = {limit / 1024:.0f} KiB"
+    )
     print(f"RSS after warm-up {start / _MB:.1f} MB, at the end {end / _MB:.1f} MB, peak {res.peak_rss / _MB:.1f} MB")
-    print(f"growth end - start: {(end - start) / 1024:+.0f} KiB; least-squares trend over {args.rss_steps} steps: "
-          f"{trend / 1024:+.0f} KiB; max - start: {(max(ys) - start) / 1024:+.0f} KiB")
+    print(
+        f"growth end - start: {(end - start) / 1024:+.0f} KiB; least-squares trend over {args.rss_steps} steps: "
+        f"{trend / 1024:+.0f} KiB; max - start: {(max(ys) - start) / 1024:+.0f} KiB"
+    )
     verdict = "flat" if max(end - start, trend) < limit else "GROWS"
     print(f"verdict: {verdict} (growth < 1 % of the model's parameter bytes)")
     print(flush=True)
@@ -474,13 +529,16 @@ def main(argv: list[str] | None = None) -> int:
     wandb = _import_wandb()
     models = build_models(args)
     configs = [
-        c for c in build_configs(args.cadences, args.hist_every, wandb)
+        c
+        for c in build_configs(args.cadences, args.hist_every, wandb)
         if c.name == "bare" or any(fnmatch.fnmatchcase(c.name, g) for g in args.configs)
     ]
     _print_header(args, models, wandb)
-    benchmark(args, models, configs)
+    if args.repeats > 0:
+        benchmark(args, models, configs)
     if args.rss_steps > 0:
-        rss_growth(args, models)
+        for which in args.rss_configs:
+            rss_growth(args, models, which)
     return 0
 
 

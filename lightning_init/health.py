@@ -776,6 +776,10 @@ class HealthTracker:
         """``{health_tag(rule, kind): count}`` for the last :meth:`update`."""
         return {health_tag(rule, self.kind): float(n) for rule, n in self._counts.items()}
 
+    def layers(self) -> list[str]:
+        """Every layer seen so far (the rows of the health table), in first-seen order."""
+        return list(self._layers)
+
     def flagged(self) -> list[str]:
         """Layers that were ever flagged, in first-seen order."""
         return [name for name in self._layers if name in self._status]

@@ -1,3 +1,5 @@
+import dataclasses
+import inspect
 import math
 import warnings
 from collections import defaultdict
@@ -7,7 +9,7 @@ from typing import Any, ClassVar
 import lightning.pytorch as pl
 import pytest
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins import MixedPrecision
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -16,7 +18,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_init import ActivationMonitor, GradientMonitor, WeightMonitor
+from lightning_init import ActivationMonitor, GradientMonitor, HealthThresholds, WeightMonitor
 
 # ----------------------------------------------------------------------------------------------- fixtures
 
@@ -563,3 +565,121 @@ def test_frozen_and_tied_parameters(tmp_path: Path) -> None:
     assert "weight_norm/net.0.bias" in tags
     assert "grad_norm/net.2.weight" in tags
     assert "grad_norm/extra.weight" not in tags
+
+
+# ----------------------------------------------------------------------------------------------- health wiring
+
+
+@pytest.mark.parametrize(
+    ("cls", "names"),
+    [
+        (WeightMonitor, ["symmetric_spread", "update_ratio_low", "update_ratio_high"]),
+        (
+            GradientMonitor,
+            ["vanishing_grad_ratio", "vanishing_grad_floor", "exploding_grad_norm", "exploding_grad_growth"],
+        ),
+        (
+            ActivationMonitor,
+            ["vanishing_activation_ratio", "exploding_activation_ratio", "dead_fraction", "saturated_fraction"],
+        ),
+    ],
+)
+def test_each_monitor_takes_the_thresholds_of_its_own_rules(cls: type, names: list[str]) -> None:
+    params = inspect.signature(cls.__init__).parameters
+    fields = {f.name for f in dataclasses.fields(HealthThresholds)}
+    own = [p for p in params if p in fields]
+    assert own == names
+    assert params["on_anomaly"].default == "warn"
+    assert params["health"].default is True
+    for name in names:  # the defaults are HealthThresholds' documented ones
+        assert params[name].default == getattr(HealthThresholds(), name)
+        assert isinstance(params[name].default, float)
+        with pytest.raises(ValueError, match=rf"`{name}`.*got -1"):
+            cls(**{name: -1})
+    with pytest.raises(
+        ValueError, match=r"`on_anomaly` can be 'warn', 'stop', 'raise', got 'rase'. did you mean 'raise'"
+    ):
+        cls(on_anomaly="rase")
+    with pytest.raises(ValueError, match="`health`"):
+        cls(health="yes")
+
+
+def test_update_ratio_bounds_are_checked_together() -> None:
+    with pytest.raises(ValueError, match="`update_ratio_high` must be greater than `update_ratio_low`"):
+        WeightMonitor(update_ratio_low=0.5, update_ratio_high=0.1)
+
+
+def test_health_off_logs_no_health_and_computes_nothing_extra(tmp_path: Path) -> None:
+    monitors = [WeightMonitor(health=False), GradientMonitor(health=False), ActivationMonitor(health=False)]
+    model = Net()
+    with torch.no_grad():
+        model.net[0].weight.zero_()  # symmetric: would be flagged with health on
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = fit(tmp_path, model, monitors, max_steps=2)
+    assert not [w for w in caught if "Monitor:" in str(w.message)]
+    ea = events(trainer)
+    assert not [t for t in ea.Tags()["scalars"] if t.startswith("health/")]
+    assert not ea.Tags()["images"]
+    assert not [t for t in ea.Tags()["tensors"] if t.startswith("health/")]
+    assert all(m._table_stats == m.stats for m in monitors)  # no row_spread etc. computed
+
+
+def test_health_counts_reach_every_logger(tmp_path: Path) -> None:
+    model = Net()
+    with torch.no_grad():
+        model.net[2].weight.zero_()
+    trainer = fit(tmp_path, model, [WeightMonitor()], logger=CSVLogger(tmp_path), max_steps=2)
+    lines = Path(trainer.logger.log_dir, "metrics.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    col = header.index("health/symmetric")
+    first = dict(zip(header, lines[1].split(","), strict=True))
+    assert first["step"] == "0"
+    assert float(lines[1].split(",")[col]) == 1.0  # net.2.weight, at fit start
+    assert "weight_row_spread/net.2.weight" not in header  # computed for the check, not logged
+
+
+def test_state_dict_round_trip_and_state_key(tmp_path: Path) -> None:
+    model = Net()
+    with torch.no_grad():
+        model.net[2].weight.zero_()
+    monitor = WeightMonitor(every_n_steps=1)
+    fit(tmp_path, model, [monitor], max_steps=2)
+    state = monitor.state_dict()
+    assert ["symmetric", "net.2.weight"] in state["health"]["warned"]
+    restored = WeightMonitor(every_n_steps=1)
+    restored.load_state_dict(state)
+    assert restored.state_dict() == state
+    assert "symmetric" in restored._tracker.to_markdown()
+    # Distinct instances of one class get distinct keys; equal arguments the same key.
+    assert WeightMonitor(every_n_steps=1).state_key == monitor.state_key
+    assert WeightMonitor(every_n_steps=2).state_key != monitor.state_key
+    assert WeightMonitor(include="net.0.*").state_key != WeightMonitor().state_key
+    assert WeightMonitor(health=False).state_dict() == {}
+
+
+def test_resumed_fit_does_not_warn_again(tmp_path: Path) -> None:
+    model = Net(lr=0.0)  # the zero weight stays zero: still symmetric when the resumed fit starts
+    with torch.no_grad():
+        model.net[2].weight.zero_()
+
+    def run(max_steps: int, callbacks: list, ckpt_path: str | None = None) -> list[str]:
+        trainer = pl.Trainer(
+            accelerator="cpu",
+            devices=1,
+            logger=TensorBoardLogger(tmp_path, name="tb"),
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            log_every_n_steps=1,
+            max_steps=max_steps,
+            callbacks=callbacks,
+        )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            trainer.fit(model, loader(), ckpt_path=ckpt_path)
+        return [str(w.message) for w in caught if "symmetric units" in str(w.message)]
+
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    assert len(run(2, [WeightMonitor(), ckpt])) == 1
+    assert run(4, [WeightMonitor()], str(tmp_path / "ckpt" / "last.ckpt")) == []
+    assert len(run(4, [WeightMonitor()])) == 1  # without the restored state it would warn again

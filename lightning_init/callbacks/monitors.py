@@ -326,8 +326,8 @@ class _LayerMonitor(Callback):
 
     def _report(self, trainer: "pl.Trainer") -> None:
         """End of fit: the per-layer health table (printed and to the Text tab) and the final heatmap."""
-        if self._tracker is None:
-            return
+        if self._tracker is None or not self._tracker.layers():
+            return  # no logging step happened: nothing was judged, nothing to report
         step = trainer.global_step
         table = self._tracker.to_markdown()
         rank_zero_info(f"{type(self).__name__} health report (step {step}):\n{table}")

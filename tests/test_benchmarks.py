@@ -1,0 +1,31 @@
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "overhead.py"
+
+
+@pytest.mark.slow
+def test_overhead_benchmark_quick_runs_and_prints_ratios(tmp_path: Path) -> None:
+    # Smoke test only: the benchmark runs end to end with tiny sizes and prints its tables. No target is asserted
+    # (timings on shared CI machines are noise).
+    env = {**os.environ, "TMPDIR": str(tmp_path), "WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path)}
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick"], capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "torch.get_num_threads() = 1" in out
+    for model in ("mlp", "cnn"):
+        for config in ("bare", "all e1", "all e5 h5", "naive e1", "grad_norm e5"):
+            row = re.search(rf"^\| {re.escape(config)} \| {model} \| .*$", out, re.MULTILINE)
+            assert row, f"no row for {config!r} on {model}:\n{out}"
+            # steps/s, then the slowdown ratio with its min-max spread, then the overhead in percent
+            assert re.search(r"\| \d+\.\d+ \| \d+\.\d{3}x \(\d+\.\d{3}-\d+\.\d{3}\) \| [+-]\d+\.\d %", row.group(0))
+    assert re.search(r"^\| bare \| mlp \| 0/0 \| [\d.]+ \| 1\.000x", out, re.MULTILINE)
+    assert re.search(r"^verdict: (flat|GROWS)", out, re.MULTILINE)
+    assert ("wandb e1" in out) != ("`import wandb` failed" in out)

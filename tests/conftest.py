@@ -3,6 +3,16 @@
 from pathlib import Path
 
 import pytest
+import torch
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_thread_per_test_process():
+    """Two cores, shared with the TensorBoard server and DDP workers: one intra-op thread keeps timings sane."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="session")

@@ -66,6 +66,7 @@ def test_scheme_parsing():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # includes the session's one full demo run
 def test_demo_reproduces_the_seeds_claims(demo_run):
     out, results = demo_run
     by = {(r.experiment, r.scheme): r for r in results}

@@ -39,14 +39,14 @@ def test_cli_config_fits(config, tmp_path):
         [
             "fit",
             f"--config={config}",
-            "--trainer.max_steps=3",
+            "--trainer.max_steps=10",
             "--trainer.log_every_n_steps=1",
             "--trainer.enable_progress_bar=false",
             "--trainer.enable_model_summary=false",
             f"--trainer.logger.init_args.save_dir={tmp_path}",
         ]
     )
-    assert result.trainer.global_step == 3
+    assert result.trainer.global_step == 10
     tags = _scalar_tags(Path(result.trainer.logger.log_dir))
     assert any(t.startswith("weight_std/") for t in tags)
     assert any(t.startswith("grad_norm/") for t in tags)
@@ -64,6 +64,6 @@ def test_xor_example_zero_init_fails_and_random_init_learns(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_plain_trainer_example(tmp_path):
-    trainer = _load("plain_trainer").main(["--steps", "4", "--depth", "4", "--log-dir", str(tmp_path)])
-    assert trainer.global_step == 4
+    trainer = _load("plain_trainer").main(["--steps", "10", "--depth", "4", "--log-dir", str(tmp_path)])
+    assert trainer.global_step == 10
     assert any(t.startswith("activation_std/") for t in _scalar_tags(Path(trainer.logger.log_dir)))

@@ -301,11 +301,12 @@ def test_cadence_scalars_and_histograms(tmp_path: Path) -> None:
     ]
     trainer = fit(tmp_path, Net(), monitors, max_steps=12, accumulate_grad_batches=2, data=loader(n=256))
     ea = events(trainer)
-    # optimizer step k logs when (k + 1) % n == 0; weights describe the state after the update (k + 1) and step 0
-    assert steps_of(ea, "grad_norm/net.0.weight") == [2, 5, 8, 11]
-    assert steps_of(ea, "activation_std/net.0") == [2, 5, 8, 11]
-    assert steps_of(ea, "weight_std/net.0.weight") == [0, 3, 6, 9, 12]
-    assert steps_of(ea, "weight_update_ratio/net.0.weight") == [3, 6, 9, 12]
+    # optimizer step k logs when k == 0 or (k + 1) % n == 0; weights describe the state after the update (k + 1),
+    # and the initial weights at fit start (step 0)
+    assert steps_of(ea, "grad_norm/net.0.weight") == [0, 2, 5, 8, 11]
+    assert steps_of(ea, "activation_std/net.0") == [0, 2, 5, 8, 11]
+    assert steps_of(ea, "weight_std/net.0.weight") == [0, 1, 3, 6, 9, 12]
+    assert steps_of(ea, "weight_update_ratio/net.0.weight") == [1, 3, 6, 9, 12]
     assert steps_of(ea, "grad/net.0.weight", "histograms") == [3, 7, 11]
     assert steps_of(ea, "activation/net.0", "histograms") == [3, 7, 11]
     assert steps_of(ea, "weight/net.0.weight", "histograms") == [0, 4, 8, 12]
@@ -315,7 +316,7 @@ def test_cadence_scalars_and_histograms(tmp_path: Path) -> None:
 
 def test_every_n_steps_defaults_to_trainer_log_every_n_steps(tmp_path: Path) -> None:
     trainer = fit(tmp_path, Net(), [GradientMonitor(histogram_every_n_steps=None)], max_steps=8, log_every_n_steps=4)
-    assert steps_of(events(trainer), "grad_norm/total") == [3, 7]
+    assert steps_of(events(trainer), "grad_norm/total") == [0, 3, 7]
 
 
 def test_one_layout_with_one_multiline_chart_per_kind_and_stat(tmp_path: Path) -> None:
@@ -443,22 +444,25 @@ def test_one_host_transfer_per_monitor_per_logging_step_and_no_work_otherwise(tm
 
     fit(tmp_path, Net(depth=depth), [*monitors.values(), HookProbe()], max_steps=6, logger=CSVLogger(tmp_path))
     # step = trainer.global_step during the hook; it is k + 1 in on_train_batch_end after optimizer step k, so the
-    # logging steps 1, 3, 5 finish in on_train_batch_end at 2, 4, 6
+    # logging steps 0 (always), 1, 3, 5 finish in on_train_batch_end at 1, 2, 4, 6
     for kind, log in logs.items():
         transfers: dict[tuple[str, int], int] = defaultdict(int)
         for hook, step, n, _ in log:
             transfers[hook, step] += n
         where = "on_before_optimizer_step" if kind == "grad" else "on_train_batch_end"
-        steps = (1, 3, 5) if kind == "grad" else (2, 4, 6)
+        steps = (0, 1, 3, 5) if kind == "grad" else (1, 2, 4, 6)
         assert {key: n for key, n in transfers.items() if n} == {(where, s): 1 for s in steps}, kind
     # on steps that do not log: no torch call at all in any hook, no forward hook registered
     for kind, log in logs.items():
         for hook, step, _, calls in log:
-            logging = step % 2 == (0 if hook == "on_train_batch_end" else 1)
+            if hook == "on_train_batch_end":
+                logging = step == 1 or step % 2 == 0
+            else:
+                logging = step == 0 or step % 2 == 1
             if not logging:
                 assert calls == 0, (kind, hook, step)
-    assert all(HookProbe.hooked[s] == 0 for s in (0, 2, 4))
-    assert all(HookProbe.hooked[s] > 0 for s in (1, 3, 5))
+    assert all(HookProbe.hooked[s] == 0 for s in (2, 4))
+    assert all(HookProbe.hooked[s] > 0 for s in (0, 1, 3, 5))
 
 
 # ----------------------------------------------------------------------------------------------- loggers

@@ -5,8 +5,9 @@ the writing in :mod:`lightning_init.writers`.
 
 Step convention (``k`` = ``trainer.global_step`` while optimizer step ``k`` runs, i.e. the number of steps done):
 
-- optimizer step ``k`` is a *logging step* when ``(k + 1) % every_n_steps == 0`` (Lightning's own
-  ``log_every_n_steps`` rule, so our curves line up with ``self.log`` metrics); a *histogram step* when
+- optimizer step ``k`` is a *logging step* when ``k == 0`` (the first step shows the initializer's own gradient and
+  activation profile) or ``(k + 1) % every_n_steps == 0`` (Lightning's own ``log_every_n_steps`` rule, so our curves
+  line up with ``self.log`` metrics); a *histogram step* when
   ``(k + 1) % histogram_every_n_steps == 0``;
 - activations and gradients of step ``k`` (computed with the weights before the update) are logged at step ``k``;
 - weights after the update of step ``k`` (and the ``update_ratio`` of that update) are logged at step ``k + 1``, the
@@ -205,7 +206,9 @@ class _LayerMonitor(Callback):
         return self.stats + tuple(s for s in self._extra_stats if s not in self.stats)
 
     def _logs_scalars(self, k: int) -> bool:
-        return self._every is not None and (k + 1) % self._every == 0
+        # Step 0 always logs: the gradients and activations of the very first step are the initializer's own depth
+        # profile (a bad init can turn everything into NaN/Inf before step ``every_n_steps - 1``).
+        return self._every is not None and (k == 0 or (k + 1) % self._every == 0)
 
     def _logs_histograms(self, k: int) -> bool:
         h = self.histogram_every_n_steps

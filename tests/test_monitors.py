@@ -455,10 +455,9 @@ def test_one_host_transfer_per_monitor_per_logging_step_and_no_work_otherwise(tm
     # on steps that do not log: no torch call at all in any hook, no forward hook registered
     for kind, log in logs.items():
         for hook, step, _, calls in log:
-            if hook == "on_train_batch_end":
-                logging = step == 1 or step % 2 == 0
-            else:
-                logging = step == 0 or step % 2 == 1
+            # batch_end logs weights after the update of the step that logged (global_step already advanced)
+            after_update = hook == "on_train_batch_end"
+            logging = (step == 1 or step % 2 == 0) if after_update else (step == 0 or step % 2 == 1)
             if not logging:
                 assert calls == 0, (kind, hook, step)
     assert all(HookProbe.hooked[s] == 0 for s in (2, 4))

@@ -38,10 +38,15 @@ def server(demo_run):
     base = f"http://127.0.0.1:{port}"
     expected_runs = {f"{r.experiment}/{r.scheme}" for r in results}
     try:
-        deadline = time.monotonic() + 60
-        while True:  # the server answers before it has read every run: wait for all of them
+        deadline = time.monotonic() + 120
+        # The server answers, and lists a run, before it has read the run's events: wait until every plugin's
+        # tags cover every run (the runs are read one after another by a background thread).
+        routes = [f"data/plugin/{p}/tags" for p in ("scalars", "histograms", "images", "text")]
+        while True:
             try:
-                if set(_get(base, "data/runs")) >= expected_runs:
+                if set(_get(base, "data/runs")) >= expected_runs and all(
+                    set(_get(base, route)) >= expected_runs for route in routes
+                ):
                     break
             except (urllib.error.URLError, ConnectionError):
                 pass

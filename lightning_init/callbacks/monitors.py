@@ -12,7 +12,16 @@ Step convention (``k`` = ``trainer.global_step`` while optimizer step ``k`` runs
 - activations and gradients of step ``k`` (computed with the weights before the update) are logged at step ``k``;
 - weights after the update of step ``k`` (and the ``update_ratio`` of that update) are logged at step ``k + 1``, the
   ``global_step`` once the update is done; the weights before any update are logged at fit start (step ``0`` on a
-  fresh run). So with ``every_n_steps=50``: gradients/activations at 49, 99, ...; weights at 0, 50, 100, ...
+  fresh run). So with ``every_n_steps=50``: gradients/activations at 0, 49, 99, ...; weights at 0, 1, 50, 100, ...
+- manual optimization: ``global_step`` counts every optimizer's steps (two per batch for a GAN), so the cadence
+  applies to the batch count instead (Lightning's own logging counter); a logging batch logs the gradients of every
+  optimizer it steps, each at its own ``global_step``.
+
+Distributed (DDP): weights are replicated and gradients are read after the all-reduce, so every process measures the
+same numbers; activation statistics are merged across processes (one ``all_gather`` per logging step, see
+:mod:`lightning_init.reduce`) and describe the global batch. Every process therefore takes the same health decisions
+(``on_anomaly="stop"`` stops every rank at the same step); only rank zero writes. Sharded strategies (FSDP,
+DeepSpeed, ModelParallel) are refused by ``WeightMonitor`` and ``GradientMonitor`` at setup.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ from typing_extensions import override
 
 from lightning_init import writers
 from lightning_init.activations import nonlinearity_of
+from lightning_init.callbacks.weight_init import _refused_strategy as _sharded_strategy
 from lightning_init.health import (
     DEAD_FRACTION,
     EXPLODING_ACTIVATION_RATIO,
@@ -53,6 +63,7 @@ from lightning_init.health import (
     profile_of,
 )
 from lightning_init.hooks import ActivationRecorder
+from lightning_init.reduce import local_moments, merge_moments, moment_order
 from lightning_init.stats import (
     ACTIVATION_STATS,
     DEFAULT_ACTIVATION_STATS,
@@ -66,7 +77,6 @@ from lightning_init.stats import (
     HostHistogram,
     Table,
     WeightStat,
-    combine_activation_rows,
     fetch,
     histogram_columns,
     host_histograms,
@@ -114,6 +124,42 @@ def _type_matches(module: nn.Module, module_types: tuple[str | type, ...]) -> bo
             if cls is wanted or cls.__name__ == wanted:
                 return True
     return False
+
+
+def _batches_that_stepped(trainer: "pl.Trainer") -> int:
+    """Lightning's logging counter: batches that stepped an optimizer, once per batch whatever the optimizers.
+
+    No public attribute exposes it (``trainer.global_step`` counts every optimizer's steps); the private access is
+    isolated here, falling back to ``global_step``.
+    """
+    counter = getattr(getattr(trainer.fit_loop, "epoch_loop", None), "_batches_that_stepped", None)
+    return counter if isinstance(counter, int) else trainer.global_step
+
+
+def _amp_state(trainer: "pl.Trainer", optimizer: torch.optim.Optimizer) -> tuple[list[Tensor], Tensor] | None:
+    """The GradScaler's found-inf flags for ``optimizer``'s current step and its loss scale (device tensors).
+
+    ``None`` without an enabled GradScaler (fp32, bf16) or before ``unscale_``. Lightning's ``MixedPrecision`` plugin
+    calls ``scaler.unscale_(optimizer)`` right before ``on_before_optimizer_step``, which records per device whether
+    the gradients hold inf/NaN; ``scaler.step`` then skips the update. torch exposes these flags only through the
+    scaler's private per-optimizer state, read here and nowhere else (no host sync: the tensors join the monitor's
+    one transfer).
+    """
+    scaler = getattr(getattr(trainer, "precision_plugin", None), "scaler", None)
+    if scaler is None or not getattr(scaler, "is_enabled", lambda: False)():
+        return None
+    state = getattr(scaler, "_per_optimizer_states", {}).get(id(optimizer))
+    found = list((state or {}).get("found_inf_per_device", {}).values())
+    scale = getattr(scaler, "_scale", None)
+    if not found or not isinstance(scale, Tensor):
+        return None
+    return found, scale
+
+
+def _all_gather(trainer: "pl.Trainer", table: Tensor) -> Tensor:
+    """``[world, *table.shape]``: every process's ``table``, through the strategy's collective."""
+    gathered = trainer.strategy.all_gather(table)
+    return gathered.reshape(-1, *table.shape)
 
 
 class _LayerMonitor(Callback):
@@ -205,6 +251,18 @@ class _LayerMonitor(Callback):
     def _table_stats(self) -> tuple[str, ...]:
         return self.stats + tuple(s for s in self._extra_stats if s not in self.stats)
 
+    def _step_index(self, trainer: "pl.Trainer") -> int:
+        """The counter the logging cadence applies to.
+
+        In automatic optimization, the optimizer step ``trainer.global_step``. In manual optimization
+        ``global_step`` counts the steps of every optimizer (two per batch for a GAN), so the cadence applies to the
+        number of batches that stepped (Lightning's own logging counter): a logging batch logs every optimizer it
+        steps.
+        """
+        if trainer.lightning_module.automatic_optimization:
+            return trainer.global_step
+        return _batches_that_stepped(trainer)
+
     def _logs_scalars(self, k: int) -> bool:
         # Step 0 always logs: the gradients and activations of the very first step are the initializer's own depth
         # profile (a bad init can turn everything into NaN/Inf before step ``every_n_steps - 1``).
@@ -241,6 +299,13 @@ class _LayerMonitor(Callback):
     def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
         if stage != "fit":
             return
+        sharded = _sharded_strategy(trainer.strategy)
+        if sharded is not None and self.kind != "activation":
+            raise RuntimeError(
+                f"{type(self).__name__} does not support `{sharded}`: its {self.kind}s are sharded across processes, "
+                f"so per-parameter statistics would describe one shard only. Use `strategy='ddp'`, or keep "
+                f"`ActivationMonitor` (module outputs are not sharded) and drop `{type(self).__name__}`."
+            )
         self._every = (
             self.every_n_steps
             if self.every_n_steps is not None
@@ -263,20 +328,36 @@ class _LayerMonitor(Callback):
 
     # ------------------------------------------------------------------ the seam
 
-    def _on_table(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", table: Table, step: int) -> None:
+    def _row_tag(self, name: str) -> str:
+        """The tag suffix of a table row (the row's name; see ``GradientMonitor``'s total row)."""
+        return name
+
+    def _on_table(
+        self,
+        trainer: "pl.Trainer",
+        pl_module: "pl.LightningModule",
+        table: Table,
+        step: int,
+        *,
+        extra_metrics: Mapping[str, float] | None = None,
+        judge: bool = True,
+    ) -> None:
         """Receive the host-side table of a logging step (ordered input -> output), judge it and log its scalars.
 
-        Override (calling ``super()``) to add to it; ``step`` is the step the values are logged at.
+        Override (calling ``super()``) to add to it; ``step`` is the step the values are logged at. ``extra_metrics``
+        are logged with the table's scalars; ``judge=False`` logs without applying the health rules (a step the
+        GradScaler skipped).
         """
         metrics = {
-            f"{self.kind}_{stat}/{name}": value
+            f"{self.kind}_{stat}/{self._row_tag(name)}": value
             for stat in self.stats
             for name, row in table.items()
             if (value := row.get(stat)) is not None
         }
+        metrics.update(extra_metrics or {})
         findings: list[Finding] = []
         fresh: list[Finding] = []
-        if self._tracker is not None:
+        if self._tracker is not None and judge:
             nls = self._nonlinearities()
             findings = self.thresholds.check(self.kind, table, step=step, nonlinearities=nls)
             fresh = self._tracker.update(
@@ -292,10 +373,10 @@ class _LayerMonitor(Callback):
     def _on_findings(self, trainer: "pl.Trainer", findings: list[Finding]) -> None:
         """Apply ``on_anomaly`` to the findings of one logging step.
 
-        The decision is a function of the table alone (any finding at all), so every process that judges the same
-        table decides the same way. Under DDP the tables are per-rank until the statistics are reduced across ranks;
-        until then a finding seen on one rank only (e.g. a NaN in one rank's activations) stops or raises on that
-        rank only.
+        The decision is a function of the table alone (any finding at all), and every process judges the same table:
+        weights are replicated, gradients are read after DDP's all-reduce and activation statistics are gathered
+        from every process before judging. So under DDP every rank stops (or raises) at the same step, with no
+        extra collective.
         """
         if self.on_anomaly == "stop":
             if not trainer.should_stop:
@@ -385,9 +466,10 @@ class WeightMonitor(_LayerMonitor):
     """Log per-parameter weight statistics (and histograms) during training.
 
     Weights are measured before any update (at fit start) and after the update of every logging step; see the module
-    docstring for the step convention. ``update_ratio`` snapshots the watched weights in
-    ``on_before_optimizer_step`` of a logging step only and drops the snapshot right after the update, so memory does
-    not grow with the number of steps.
+    docstring for the step convention. For ``update_ratio`` the watched weights are copied in
+    ``on_before_optimizer_step`` of logging steps only, into buffers allocated on the first such step and reused
+    (one copy of the watched weights while fitting, released at fit end, on exception and in teardown), so memory
+    does not grow with the number of steps.
 
     Logged metrics (``{param}`` is the qualified parameter name, e.g. ``net.0.weight``):
 
@@ -433,6 +515,7 @@ class WeightMonitor(_LayerMonitor):
     Raises:
         ValueError: on a non-positive ``every_n_steps`` / ``histogram_every_n_steps``, an unknown statistic, an
             unknown ``on_anomaly`` or a threshold out of its range.
+        RuntimeError: in ``setup``, under a strategy that shards parameters (FSDP, DeepSpeed, ModelParallel).
 
     Example::
 
@@ -479,14 +562,18 @@ class WeightMonitor(_LayerMonitor):
         self._pending: int | None = None  # the optimizer step whose result is to be logged
         self._pending_histograms = False
         self._pending_scalars = False
+        #: Copies of the watched weights before the update of a logging step (for ``update_ratio``): allocated once,
+        #: refilled in place on each logging step (no fresh allocation, no page faults), dropped by ``_release``.
         self._snapshot: list[Tensor] = []
         self._snapshot_norms: list[Tensor] = []
+        self._snapshot_taken = False
 
     @override
     def _release(self) -> None:
         self._pending = None
         self._snapshot = []
         self._snapshot_norms = []
+        self._snapshot_taken = False
 
     def _measure(
         self,
@@ -502,12 +589,17 @@ class WeightMonitor(_LayerMonitor):
         tensors = [p.detach() for _, p in named]
         stats = [s for s in self._table_stats if s != "update_ratio"]
         extra: dict[str, list[Tensor]] = {}
-        snapshot_ok = scalars and "update_ratio" in self._table_stats and len(self._snapshot) == len(tensors) > 0
+        snapshot_ok = (
+            scalars
+            and "update_ratio" in self._table_stats
+            and self._snapshot_taken
+            and len(self._snapshot) == len(tensors) > 0
+            and all(s.shape == t.shape for s, t in zip(self._snapshot, tensors, strict=True))
+        )
         if snapshot_ok:
-            diffs = torch._foreach_sub(tensors, self._snapshot)
-            extra = {"_diff": list(torch._foreach_norm(diffs)), "_before": self._snapshot_norms}
-            del diffs
-        self._snapshot, self._snapshot_norms = [], []
+            torch._foreach_sub_(self._snapshot, tensors)  # before - after, in place in the snapshot buffers
+            extra = {"_diff": list(torch._foreach_norm(self._snapshot)), "_before": self._snapshot_norms}
+        self._snapshot_taken, self._snapshot_norms = False, []
         table, host, hists = _param_table(names, tensors, stats if scalars else [], extra=extra, histograms=histograms)
         if scalars:
             if snapshot_ok:
@@ -538,7 +630,8 @@ class WeightMonitor(_LayerMonitor):
         k = trainer.global_step
         if self._pending is not None:  # second optimizer of the same batch: one snapshot is enough
             return
-        scalars, histograms = self._logs_scalars(k), self._logs_histograms(k)
+        index = self._step_index(trainer)  # the cadence's counter (batches in manual optimization)
+        scalars, histograms = self._logs_scalars(index), self._logs_histograms(index)
         if not (scalars or histograms):
             return
         self._pending = k
@@ -547,8 +640,16 @@ class WeightMonitor(_LayerMonitor):
         if scalars and "update_ratio" in self._table_stats:
             with torch.no_grad():
                 params = [p.detach() for _, p in self._watched_parameters(pl_module)]
-                self._snapshot = [p.clone() for p in params]
+                reusable = len(self._snapshot) == len(params) and all(
+                    s.shape == p.shape and s.dtype == p.dtype and s.device == p.device
+                    for s, p in zip(self._snapshot, params, strict=True)
+                )
+                if not reusable:
+                    self._snapshot = [torch.empty_like(p) for p in params]
+                if params:
+                    torch._foreach_copy_(self._snapshot, params)
                 self._snapshot_norms = list(torch._foreach_norm(params)) if params else []
+                self._snapshot_taken = True
 
     @override
     def on_train_batch_end(
@@ -581,7 +682,13 @@ class GradientMonitor(_LayerMonitor):
     - ``grad_norm/{param}`` (L2), ``grad_mean/{param}``, ``grad_std/{param}``, ``grad_abs_max/{param}``;
     - ``grad_nonfinite/{param}``: number of NaN/Inf elements (the other statistics then are NaN/Inf);
     - ``grad_ratio/{param}``: ``‖g‖ / ‖w‖``;
-    - ``grad_norm/total``: L2 norm over all reported gradients (with ``norm``);
+    - ``grad_norm/total``: L2 norm over all reported gradients (with ``norm``); with several optimizers (manual
+      optimization) one ``grad_norm/total_optimizer_{i}`` per optimizer, ``i`` its position in
+      ``configure_optimizers``;
+    - ``amp/skipped_step`` (1 when the GradScaler skips the step for inf/NaN gradients, else 0) and
+      ``amp/loss_scale`` (the GradScaler's scale), with ``precision="16-mixed"`` only. A skipped step's statistics are
+      logged as measured but not judged (its inf gradients are the scaler probing its scale, not the model
+      exploding); the first one is announced once with ``rank_zero_info``;
     - histograms ``grad/{param}`` of the finite values (TensorBoard only) on histogram steps;
     - with ``health=True``: ``health/nonfinite_grad``, ``health/vanishing_grad``, ``health/exploding_grad`` (number
       of flagged parameters) at every logging step; the text ``health/grad_report`` and the image
@@ -620,6 +727,7 @@ class GradientMonitor(_LayerMonitor):
     Raises:
         ValueError: on a non-positive ``every_n_steps`` / ``histogram_every_n_steps``, an unknown statistic, an
             unknown ``on_anomaly`` or a threshold out of its range.
+        RuntimeError: in ``setup``, under a strategy that shards parameters (FSDP, DeepSpeed, ModelParallel).
 
     Example::
 
@@ -665,15 +773,26 @@ class GradientMonitor(_LayerMonitor):
                 "exploding_grad_growth": exploding_grad_growth,
             },
         )
+        self._total_tag = "total"
+        self._warned_skipped = False
+
+    @override
+    def _row_tag(self, name: str) -> str:
+        return self._total_tag if name == "total" else name
 
     @override
     def on_before_optimizer_step(
         self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", optimizer: torch.optim.Optimizer
     ) -> None:
-        k = trainer.global_step
-        scalars, histograms = self._logs_scalars(k), self._logs_histograms(k)
+        k = trainer.global_step  # the step the values are logged at
+        index = self._step_index(trainer)  # the step the cadence applies to
+        scalars, histograms = self._logs_scalars(index), self._logs_histograms(index)
         if not (scalars or histograms):
             return
+        optimizers = list(trainer.optimizers)
+        position = next((i for i, o in enumerate(optimizers) if o is optimizer), 0)
+        self._total_tag = "total" if len(optimizers) <= 1 else f"total_optimizer_{position}"
+        amp = _amp_state(trainer, optimizer) if scalars else None
         in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
         named = [
             (n, p)
@@ -686,6 +805,10 @@ class GradientMonitor(_LayerMonitor):
         extra: dict[str, list[Tensor]] = {}
         if "ratio" in wanted and named:
             extra["_wnorm"] = list(torch._foreach_norm([p.detach() for _, p in named]))
+        if amp is not None:
+            found, scale = amp
+            extra["_found_inf"] = [torch.stack([f.reshape(()).float() for f in found]).sum()]
+            extra["_loss_scale"] = [scale.reshape(()).float()]
         needs_norm = [s for s in wanted if s != "ratio"] + (["norm"] if "ratio" in wanted else [])
         with torch.no_grad():
             table, host, hists = _param_table(
@@ -702,7 +825,20 @@ class GradientMonitor(_LayerMonitor):
                         del table[name]["norm"]
             if "norm" in wanted and names:
                 table["total"] = {"norm": total_norm(host["norm"])}
-            self._on_table(trainer, pl_module, table, k)
+            amp_metrics: dict[str, float] = {}
+            skipped = False
+            if amp is not None:
+                skipped = host["_found_inf"][0] > 0
+                amp_metrics = {"amp/skipped_step": float(skipped), "amp/loss_scale": host["_loss_scale"][0]}
+                if skipped and not self._warned_skipped:
+                    self._warned_skipped = True
+                    rank_zero_info(
+                        f"{type(self).__name__}: the GradScaler skipped optimizer step {k} (inf/NaN gradients at loss "
+                        f"scale {host['_loss_scale'][0]:g}); mixed precision does this while the loss scale adapts. "
+                        "Such steps are logged as `amp/skipped_step` = 1 and not judged as exploding or NaN/Inf "
+                        "gradients."
+                    )
+            self._on_table(trainer, pl_module, table, k, extra_metrics=amp_metrics, judge=not skipped)
         if histograms:
             self._log_histograms(trainer, names, hists, k)
 
@@ -720,6 +856,11 @@ class ActivationMonitor(_LayerMonitor):
     activation module (``lightning_init.activations.nonlinearity_of`` is not None: ``ReLU``, ``Tanh``...), since
     dead units and saturation are properties of activation outputs. Functional activations (``F.relu``) cannot be
     hooked. Rows are ordered by forward execution (input -> output).
+
+    Under DDP the statistics describe the global batch: each process merges its calls into per-module moments on the
+    device, the processes exchange them in one ``all_gather`` per logging step, and every process merges them the
+    same way (mean and std exactly, max of maxima, sums of counts; :mod:`lightning_init.reduce`). Histograms show
+    rank zero's outputs.
 
     Logged metrics at the step of the batch (``{module}`` is the qualified module name, e.g. ``net.3``):
 
@@ -815,6 +956,7 @@ class ActivationMonitor(_LayerMonitor):
         )
         self._recorder = ActivationRecorder()
         self._recording: int | None = None  # the optimizer step being recorded
+        self._watched_names: list[str] = []  # same list and order on every process
         self._recording_scalars = False
         self._recording_histograms = False
         #: Module name -> nonlinearity name (None for parameterized layers) of the modules of the last table.
@@ -851,12 +993,15 @@ class ActivationMonitor(_LayerMonitor):
             if self._recording == k:  # next micro-batch of the step being recorded
                 return
             self._finish(trainer, pl_module)  # the step ended without our noticing (should not happen)
-        scalars, histograms = self._logs_scalars(k), self._logs_histograms(k)
+        index = self._step_index(trainer)
+        scalars, histograms = self._logs_scalars(index), self._logs_histograms(index)
         if not (scalars or histograms):
             return
         self._recording = k
         self._recording_scalars, self._recording_histograms = scalars, histograms
-        self._recorder.start(self._watched_modules(pl_module), histograms=histograms)
+        watched = self._watched_modules(pl_module)
+        self._watched_names = [name for name, _ in watched]
+        self._recorder.start(watched, histograms=histograms)
 
     @override
     def on_train_batch_end(
@@ -879,33 +1024,47 @@ class ActivationMonitor(_LayerMonitor):
         self._recorder.enabled = True
 
     def _finish(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
-        """Remove the hooks, fetch the records in one transfer, log them at the recorded step."""
+        """Remove the hooks; merge the records (across processes: one ``all_gather``), fetch once, log.
+
+        Under DDP every process reaches this at the same optimizer step (the step's end), enters the one collective
+        even when its watched modules did not run, and ends with the same table: the statistics of the global batch.
+        Histograms show this process's (rank zero's) first micro-batch.
+        """
         rec, step = self._recorder, self._recording
         rec.stop()
         self._recording = None
-        if step is None or not rec.rows:
+        names = self._watched_names
+        distributed = trainer.world_size > 1
+        if step is None or (not rec.rows and not distributed):
             rec.clear()
             return
-        names = list(rec.rows)
-        hist_names = [n for n in names if n in rec.histograms] if self._recording_histograms else []
-        cols: dict[str, Any] = {f"r{i}": torch.stack(rec.rows[n]) for i, n in enumerate(names)}
+        moments = local_moments(names, rec.rows, rec.numels, device=pl_module.device)
+        if distributed:
+            moments = _all_gather(trainer, moments)  # the logging step's one collective
+        hist_names = [n for n in rec.rows if n in rec.histograms] if self._recording_histograms else []
+        cols: dict[str, Any] = {"moments": moments}
         for i, n in enumerate(hist_names):
             cols[f"c{i}"] = rec.histograms[n]["counts"]
             cols[f"m{i}"] = rec.histograms[n]["meta"]
-        host = fetch(cols)
-        width = len(rec.rows[names[0]][0])
-        table: Table = {}
+        host = fetch(cols)  # the one transfer
+        width = moments.shape[-1]
+        flat = host["moments"]
+        processes = len(flat) // max(len(names) * width, 1)
+        parts = [
+            [flat[(p * len(names) + i) * width : (p * len(names) + i + 1) * width] for i in range(len(names))]
+            for p in range(processes)
+        ]
+        index = {n: i for i, n in enumerate(names)}
         modules = dict(pl_module.named_modules())
+        table: Table = {}
         self.nonlinearities = {}
-        for i, n in enumerate(names):
-            flat = host[f"r{i}"]
-            rows = [flat[j : j + width] for j in range(0, len(flat), width)]
-            full = combine_activation_rows(rec.numels[n], rows, rec.bounded.get(n, False))
+        for n in moment_order(names, parts):
+            full = merge_moments([rows[index[n]] for rows in parts], bounded=rec.bounded.get(n, False))
             table[n] = {s: full[s] for s in self._table_stats if s in full}
             self.nonlinearities[n] = nonlinearity_of(modules[n]) if n in modules else None
         hists = [host_histograms(host[f"c{i}"], host[f"m{i}"], 1, HISTOGRAM_BINS)[0] for i in range(len(hist_names))]
         rec.clear()
-        if self._recording_scalars:
+        if self._recording_scalars and table:
             self._on_table(trainer, pl_module, table, step)
         if hist_names:
             self._log_histograms(trainer, hist_names, hists, step)

@@ -1,0 +1,160 @@
+"""Activation statistics that combine exactly across calls, micro-batches and processes (pure torch).
+
+An :class:`~lightning_init.hooks.ActivationRecorder` keeps one small row per module call
+(:data:`lightning_init.stats.ACTIVATION_ROW`). To describe the *global* batch of a data-parallel step, each process
+first merges its own calls into one row of :data:`MOMENT_COLUMNS` per module, on the device
+(:func:`local_moments`); the processes exchange these ``[modules, 8]`` tables in ONE collective (``all_gather``); and
+every process merges the gathered tables the same way on the host (:func:`merge_moments`), so every process ends with
+the same numbers and takes the same health decisions.
+
+This is the one place that declares how each statistic reduces (as torchmetrics' ``dist_reduce_fx`` does):
+
+============  =====================================================================
+column        reduction
+============  =====================================================================
+``numel``     sum
+``mean``      element-weighted mean
+``dev_norm``  ``sqrt`` of the sum of squared deviations from the mean (kept as a root so
+              that a float32 transfer does not overflow), merged with Chan et al.'s
+              parallel formula
+``abs_max``   max (NaN wins)
+``zeros``     sum (count of exactly-zero outputs)
+``saturated`` sum (count of outputs near the bounds of tanh/sigmoid)
+``nonfinite`` sum (count of NaN/Inf outputs)
+``order``     min (position of the module's first call: forward execution order)
+============  =====================================================================
+
+Never imports Lightning.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["MOMENT_COLUMNS", "local_moments", "merge_moments", "moment_order"]
+
+#: Columns of the per-module moment table exchanged between processes.
+MOMENT_COLUMNS: tuple[str, ...] = ("numel", "mean", "dev_norm", "abs_max", "zeros", "saturated", "nonfinite", "order")
+_W = len(MOMENT_COLUMNS)
+
+
+def _accum_dtype(device: torch.device) -> torch.dtype:
+    # float64 wherever the backend has it (MPS does not).
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+def local_moments(
+    names: Sequence[str],
+    rows: Mapping[str, Sequence[Tensor]],
+    numels: Mapping[str, Sequence[int]],
+    *,
+    device: torch.device | None = None,
+) -> Tensor:
+    """Merge the recorded calls of each module into one row of :data:`MOMENT_COLUMNS`, on the rows' device.
+
+    Args:
+        names: every watched module, in an order that is the same on every process (the table's row order).
+        rows: module name -> per-call rows (``mean, std, abs_max, zeros, saturated, nonfinite``; ``std`` unbiased).
+            Modules absent from ``rows`` (not run on this process) get ``numel = 0`` and ``order = inf``.
+        numels: module name -> element count of each call.
+        device: where to build the table when no module ran (default: CPU).
+
+    Returns:
+        A ``[len(names), 8]`` float64 tensor (float32 on MPS). ``order`` is the position of the module in
+        ``rows``' insertion order (the order modules first ran).
+    """
+    ran = [n for n in rows if rows[n]]
+    first = next((rows[n][0] for n in ran), None)
+    dev = first.device if first is not None else (device or torch.device("cpu"))
+    dtype = _accum_dtype(dev)
+    out = torch.zeros(len(names), _W, dtype=dtype, device=dev)
+    out[:, 7] = math.inf
+    if first is None:
+        return out
+    index = {n: i for i, n in enumerate(names)}
+    calls = [(index[n], k) for n in ran if n in index for k in range(len(rows[n]))]
+    if not calls:
+        return out
+    stacked = torch.stack([rows[names[i]][k] for i, k in calls]).to(dtype)  # [C, 6]
+    idx = torch.tensor([i for i, _ in calls], device=dev)
+    n = torch.tensor([float(numels[names[i]][k]) for i, k in calls], dtype=dtype, device=dev)
+    m = len(names)
+    total = torch.zeros(m, dtype=dtype, device=dev).index_add_(0, idx, n)
+    mean = torch.zeros(m, dtype=dtype, device=dev).index_add_(0, idx, n * stacked[:, 0]) / total.clamp_min(1.0)
+    within = stacked[:, 1].square() * (n - 1.0).clamp_min(0.0)
+    between = n * (stacked[:, 0] - mean[idx]).square()
+    m2 = torch.zeros(m, dtype=dtype, device=dev).index_add_(0, idx, within + between)
+    amax = stacked[:, 2]
+    nan_amax = torch.zeros(m, dtype=dtype, device=dev).index_add_(0, idx, amax.isnan().to(dtype))
+    amax_m = torch.zeros(m, dtype=dtype, device=dev).scatter_reduce_(
+        0, idx, torch.nan_to_num(amax, nan=0.0), "amax", include_self=True
+    )
+    amax_m = torch.where(nan_amax > 0, torch.full_like(amax_m, math.nan), amax_m)
+    counts = torch.zeros(m, 3, dtype=dtype, device=dev).index_add_(0, idx, stacked[:, 3:6])
+    position = {name: float(p) for p, name in enumerate(ran)}
+    order = torch.tensor([position.get(name, math.inf) for name in names], dtype=dtype, device=dev)
+    return torch.cat(
+        [total[:, None], mean[:, None], m2.sqrt()[:, None], amax_m[:, None], counts, order[:, None]], dim=1
+    )
+
+
+def merge_moments(parts: Sequence[Sequence[float]], *, bounded: bool) -> dict[str, float]:
+    """Merge one module's moment rows from several processes (host side) into its statistics.
+
+    Returns ``mean``, ``std`` (unbiased over all elements), ``abs_max``, ``zero_fraction``, ``nonfinite`` and, for a
+    ``bounded`` activation, ``saturation``; NaN statistics when no process saw an element.
+    """
+    total = 0.0
+    mean = 0.0
+    m2 = 0.0
+    amax = 0.0
+    zeros = saturated = nonfinite = 0.0
+    for numel, mu, dev_norm, mx, z, s, nf, *_ in parts:
+        if numel <= 0:
+            continue
+        part_m2 = dev_norm * dev_norm
+        if total == 0:
+            mean, m2 = mu, part_m2
+        else:
+            delta = mu - mean
+            combined = total + numel
+            m2 = m2 + part_m2 + delta * delta * total * numel / combined
+            mean = mean + delta * numel / combined
+        total += numel
+        if math.isnan(mx) or math.isnan(amax):
+            amax = math.nan
+        elif mx > amax:
+            amax = mx
+        zeros += z
+        saturated += s
+        nonfinite += nf
+    if total == 0:
+        return {k: math.nan for k in ("mean", "std", "abs_max", "zero_fraction", "nonfinite")}
+    out = {
+        "mean": mean,
+        "std": math.sqrt(m2 / (total - 1)) if total > 1 and m2 >= 0 else (0.0 if total <= 1 else math.nan),
+        "abs_max": amax,
+        "zero_fraction": zeros / total,
+        "nonfinite": nonfinite,
+    }
+    if bounded:
+        out["saturation"] = saturated / total
+    return out
+
+
+def moment_order(names: Sequence[str], parts: Sequence[Sequence[Sequence[float]]]) -> list[str]:
+    """Names of the modules that ran on some process, in forward execution order.
+
+    ``parts[p][i]`` is process ``p``'s moment row of ``names[i]``. Modules are ordered by their first-call position on
+    the lowest-ranked process that ran them (process 0's order first), so every process gets the same order.
+    """
+    keys = []
+    for i, name in enumerate(names):
+        orders = [(p, rows[i][7]) for p, rows in enumerate(parts) if rows[i][0] > 0]
+        if orders:
+            keys.append((orders[0][0], orders[0][1], i, name))
+    return [name for *_, name in sorted(keys)]

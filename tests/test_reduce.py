@@ -1,0 +1,95 @@
+"""Activation moments merged across calls and processes equal the statistics of the concatenated outputs."""
+
+import math
+
+import pytest
+import torch
+
+from lightning_init.reduce import MOMENT_COLUMNS, local_moments, merge_moments, moment_order
+from lightning_init.stats import activation_row
+
+
+def _record(chunks, bounds=None):
+    return [activation_row(c, bounds) for c in chunks], [c.numel() for c in chunks]
+
+
+def _reference(x: torch.Tensor, bounds=None) -> dict:
+    x = x.double().flatten()
+    out = {
+        "mean": x.mean().item(),
+        "std": x.std().item(),
+        "abs_max": x.abs().max().item(),
+        "zero_fraction": (x == 0).double().mean().item(),
+        "nonfinite": float((~torch.isfinite(x)).sum()),
+    }
+    if bounds is not None:
+        lo, hi = bounds
+        out["saturation"] = ((x < lo + 0.01) | (x > hi - 0.01)).double().mean().item()
+    return out
+
+
+@pytest.mark.parametrize("processes", [1, 2, 3])
+def test_merged_moments_equal_statistics_of_the_global_batch(processes):
+    g = torch.Generator().manual_seed(0)
+    # per process, calls of different sizes (micro-batches), shifted means so the between-call term matters
+    data = [
+        [torch.randn(n, 16, generator=g) * (1 + p) + 3.0 * p + k for k, n in enumerate((5, 11))]
+        for p in range(processes)
+    ]
+    data[0][0][0, :4] = 0.0  # some exact zeros
+    tables = []
+    for chunks in data:
+        rows, numels = _record([torch.relu(c) for c in chunks])
+        tables.append(local_moments(["a"], {"a": rows}, {"a": numels}))
+    parts = [t.tolist() for t in tables]
+    got = merge_moments([p[0] for p in parts], bounded=False)
+    expected = _reference(torch.cat([torch.relu(c).flatten() for chunks in data for c in chunks]))
+    for key, value in expected.items():
+        assert got[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+
+
+def test_saturation_counts_and_bounded_flag():
+    g = torch.Generator().manual_seed(1)
+    x = torch.tanh(torch.randn(64, 8, generator=g) * 4)
+    rows, numels = _record([x[:20], x[20:]], bounds=(-1.0, 1.0))
+    table = local_moments(["t"], {"t": rows}, {"t": numels}).tolist()
+    got = merge_moments([table[0]], bounded=True)
+    assert got["saturation"] == pytest.approx(_reference(x, (-1.0, 1.0))["saturation"])
+    assert "saturation" not in merge_moments([table[0]], bounded=False)
+
+
+def test_non_finite_outputs_propagate_and_are_counted():
+    x = torch.randn(10, 4)
+    x[0, 0] = math.nan
+    x[1, 1] = math.inf
+    rows, numels = _record([x[:5], x[5:]])
+    table = local_moments(["m"], {"m": rows}, {"m": numels}).tolist()
+    got = merge_moments([table[0]], bounded=False)
+    assert got["nonfinite"] == 2
+    assert math.isnan(got["abs_max"])
+    assert math.isnan(got["mean"])
+
+
+def test_modules_that_did_not_run_and_the_order_is_the_same_for_every_process():
+    rows = {"b": [activation_row(torch.ones(3))], "a": [activation_row(torch.zeros(3))]}
+    numels = {"b": [3], "a": [3]}
+    names = ["a", "b", "c"]  # watched order; "c" never ran, "b" ran first
+    t0 = local_moments(names, rows, numels).tolist()
+    assert len(t0[0]) == len(MOMENT_COLUMNS)
+    assert t0[2][0] == 0
+    assert math.isinf(t0[2][7])
+    # process 1 ran "c" only
+    t1 = local_moments(names, {"c": [activation_row(torch.ones(2))]}, {"c": [2]}).tolist()
+    assert moment_order(names, [t0, t1]) == ["b", "a", "c"]
+    assert moment_order(names, [t1, t0]) == ["c", "b", "a"]
+    nothing = merge_moments([t0[2]], bounded=False)
+    assert all(math.isnan(v) for v in nothing.values())
+
+
+def test_huge_activations_survive_a_float32_transfer():
+    x = torch.randn(1000, dtype=torch.float64) * 1e20
+    rows, numels = _record([x.float()])
+    table = local_moments(["h"], {"h": rows}, {"h": numels}).float().tolist()  # what `fetch` sends
+    got = merge_moments([table[0]], bounded=False)
+    assert math.isfinite(got["std"])
+    assert got["std"] == pytest.approx(x.std().item(), rel=1e-3)

@@ -14,6 +14,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from lightning_init.schemes import check_choice
+
 Activation = Literal["relu", "leaky_relu", "tanh", "sigmoid", "gelu", "silu", "elu", "selu"]
 Optimizer = Literal["sgd", "adam"]
 
@@ -99,8 +101,7 @@ class MLPClassifier(_Classifier):
         super().__init__(lr=lr, optimizer=optimizer, momentum=momentum)
         if depth < 1:
             raise ValueError(f"`depth` must be >= 1, got {depth!r}")
-        if activation not in _ACTIVATIONS:
-            raise ValueError(f"`activation` can be one of {sorted(_ACTIVATIONS)}, got {activation!r}")
+        check_choice("activation", activation, tuple(sorted(_ACTIVATIONS)))
         self.save_hyperparameters()
         layers: list[nn.Module] = []
         sizes = [in_features] + [width] * (depth - 1) + [num_classes]
@@ -140,8 +141,7 @@ class SmallCNN(_Classifier):
         super().__init__(lr=lr, optimizer=optimizer, momentum=momentum)
         if not channels:
             raise ValueError("`channels` must name at least one convolution, got ()")
-        if activation not in _ACTIVATIONS:
-            raise ValueError(f"`activation` can be one of {sorted(_ACTIVATIONS)}, got {activation!r}")
+        check_choice("activation", activation, tuple(sorted(_ACTIVATIONS)))
         self.save_hyperparameters()
         layers: list[nn.Module] = []
         c_in, side = in_channels, image_size

@@ -131,6 +131,7 @@ def _scalars(tmp_path: Path) -> dict[str, dict[int, float]]:
 
 def test_ddp_activation_statistics_describe_the_global_batch_with_one_collective_per_logging_step(tmp_path):
     ranks = _run(tmp_path, "stats")
+    assert len(list((tmp_path / "tb").glob("events.out.tfevents.*"))) == 1  # only rank zero writes
     scalars = _scalars(tmp_path)
     reference = {int(k): v for k, v in ranks[0]["acts"].items()}
     logged_steps = [0, 1, 3]  # k == 0 or (k + 1) % 2 == 0, of 4 optimizer steps (3 micro-batches each)

@@ -22,7 +22,7 @@ def test_cnn_shapes():
     ("kwargs", "match"),
     [
         ({"depth": 0}, "`depth` must be >= 1, got 0"),
-        ({"activation": "relu7"}, "`activation` can be one of"),
+        ({"activation": "relu7"}, "`activation` must be one of"),
         ({"lr": 0.0}, "`lr` must be > 0"),
     ],
 )

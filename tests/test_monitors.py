@@ -528,7 +528,7 @@ def test_bad_arguments(cls: type) -> None:
         cls(every_n_steps=0)
     with pytest.raises(ValueError, match=r"`histogram_every_n_steps`.*got -1"):
         cls(histogram_every_n_steps=-1)
-    with pytest.raises(ValueError, match="did you mean 'abs_max'"):
+    with pytest.raises(ValueError, match="Did you mean 'abs_max'"):
         cls(stats=["absmax"])
     with pytest.raises(ValueError, match="`module_types`"):
         cls(module_types=[3])
@@ -600,7 +600,7 @@ def test_each_monitor_takes_the_thresholds_of_its_own_rules(cls: type, names: li
         with pytest.raises(ValueError, match=rf"`{name}`.*got -1"):
             cls(**{name: -1})
     with pytest.raises(
-        ValueError, match=r"`on_anomaly` can be 'warn', 'stop', 'raise', got 'rase'. did you mean 'raise'"
+        ValueError, match=r"`on_anomaly` must be one of 'warn', 'stop', 'raise', got 'rase'. Did you mean 'raise'"
     ):
         cls(on_anomaly="rase")
     with pytest.raises(ValueError, match="`health`"):

@@ -26,9 +26,8 @@ DeepSpeed, ModelParallel) are refused by ``WeightMonitor`` and ``GradientMonitor
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, get_args
 
 import lightning.pytorch as pl
@@ -64,6 +63,7 @@ from lightning_init.health import (
 )
 from lightning_init.hooks import ActivationRecorder
 from lightning_init.reduce import local_moments, merge_moments, moment_order
+from lightning_init.schemes import check_choice
 from lightning_init.stats import (
     ACTIVATION_STATS,
     DEFAULT_ACTIVATION_STATS,
@@ -93,11 +93,6 @@ __all__ = ["ActivationMonitor", "GradientMonitor", "WeightMonitor"]
 DEFAULT_HISTOGRAM_EVERY_N_STEPS = 500
 
 _ON_ANOMALY: tuple[str, ...] = get_args(OnAnomaly)
-
-
-def _closest(value: str, choices: Iterable[str]) -> str:
-    match = difflib.get_close_matches(value, list(choices), n=1)
-    return f" did you mean {match[0]!r}?" if match else ""
 
 
 def _positive_or_none(arg: str, value: Any) -> int | None:
@@ -201,19 +196,11 @@ class _LayerMonitor(Callback):
         self.module_types: tuple[str | type, ...] = types
         chosen = self._default_stats if stats is None else ((stats,) if isinstance(stats, str) else tuple(stats))
         for s in chosen:
-            if s not in self._valid_stats:
-                raise ValueError(
-                    f"`stats` can contain {', '.join(map(repr, self._valid_stats))}, got {s!r}."
-                    + _closest(str(s), self._valid_stats)
-                )
+            check_choice("stats", s, self._valid_stats)
         self.stats: tuple[str, ...] = tuple(dict.fromkeys(chosen))
         if not isinstance(health, bool):
             raise ValueError(f"`health` must be True or False, got {health!r}.")
-        if on_anomaly not in _ON_ANOMALY:
-            raise ValueError(
-                f"`on_anomaly` can be {', '.join(map(repr, _ON_ANOMALY))}, got {on_anomaly!r}."
-                + _closest(str(on_anomaly), _ON_ANOMALY)
-            )
+        check_choice("on_anomaly", on_anomaly, _ON_ANOMALY)
         self.health = health
         self.on_anomaly: OnAnomaly = on_anomaly
         #: The validated thresholds (this monitor reads only those of its own rules).

@@ -9,9 +9,16 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
+
+if TYPE_CHECKING:
+    from lightning_init.demo import RunResult
 
 _EPILOG = "Open the runs with:  tensorboard --logdir DIR"
+_VERBOSE_HELP = (
+    "also print Lightning's info lines and each run's init report and end-of-fit health reports "
+    "(by default they are only in TensorBoard's Text tab)"
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -48,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="seed of data, model and initializers (default: 0)")
     demo.add_argument("--every-n-steps", type=_positive, default=10, help="monitor logging interval (default: 10)")
     demo.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    demo.add_argument("--verbose", action="store_true", help=_VERBOSE_HELP)
 
     compare = sub.add_parser(
         "compare",
@@ -63,7 +71,16 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--steps", type=_positive, default=200, help="optimizer steps per scheme (default: 200)")
     compare.add_argument("--seed", type=int, default=0, help="seed_everything and initializer seed (default: 0)")
     compare.add_argument("--every-n-steps", type=_positive, default=10, help="monitor logging interval (default: 10)")
+    compare.add_argument("--verbose", action="store_true", help=_VERBOSE_HELP)
     return parser
+
+
+def _table_with_notes(results: Sequence[RunResult]) -> str:
+    """The results table followed by its footnotes, if any."""
+    from lightning_init.demo import format_notes, format_table
+
+    notes = format_notes(results)
+    return format_table(results) + (f"\n\n{notes}" if notes else "")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -76,11 +93,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.command == "demo":
         results = demo.run_demo(
-            args.out, steps=args.steps, seed=args.seed, every_n_steps=args.every_n_steps, progress=not args.no_progress
+            args.out,
+            steps=args.steps,
+            seed=args.seed,
+            every_n_steps=args.every_n_steps,
+            progress=not args.no_progress,
+            verbose=args.verbose,
         )
-        table = demo.format_table(results)
         claims = demo.check_claims(results)
-        lines = [table, "", "The seed's claims, checked against this table:"]
+        lines = [_table_with_notes(results), "", "The seed's claims, checked against this table:"]
         lines += [f"  [{'ok' if c.holds else 'FAILED'}] {c.text}: {c.evidence}" for c in claims]
         text = "\n".join(lines)
         print("\n" + text)
@@ -99,9 +120,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (TypeError, ValueError) as err:
         parser.exit(2, f"lightning-init compare: error: {err}\n")
     results = demo.run_compare(
-        args.config, schemes, out=args.out, steps=args.steps, seed=args.seed, every_n_steps=args.every_n_steps
+        args.config,
+        schemes,
+        out=args.out,
+        steps=args.steps,
+        seed=args.seed,
+        every_n_steps=args.every_n_steps,
+        verbose=args.verbose,
     )
-    print("\n" + demo.format_table(results))
+    print("\n" + _table_with_notes(results))
     print(f"\nOpen the dashboards with:\n  tensorboard --logdir {args.out}")
     return 0
 

@@ -7,10 +7,12 @@ those event files (the same numbers a user sees in TensorBoard) plus one validat
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import time
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,6 +125,64 @@ def default_experiments(depth: int = 20, width: int = 64) -> list[Experiment]:
     ]
 
 
+@dataclass(frozen=True)
+class DepthRatio:
+    """One statistic of the first logged step in two layers (``num`` over ``den``), as the results table shows it.
+
+    The largest ``|value|`` of each layer's tensor (``*_abs_max`` tags) tells an exact zero (every value is 0, as the
+    gradients of a zero-initialized layer) from a float32 underflow (the values are tiny but not 0, and the statistic,
+    a root of a sum of squares, was stored as 0). ``None`` means the run logged no such tag.
+    """
+
+    stat: str
+    step: int | None
+    layers: tuple[str, str]
+    values: tuple[float | None, float | None]
+    abs_max: tuple[float | None, float | None] = (None, None)
+
+    @property
+    def value(self) -> float:
+        """``num / den``; nan when a value is missing or NaN, or both are 0; inf for ``x / 0``."""
+        num, den = self.values
+        if num is None or den is None:
+            return math.nan
+        return _ratio(num, den)
+
+    def underflowed(self) -> list[int]:
+        """Indices (0 = numerator, 1 = denominator) of values stored as 0 although the tensor was not all zeros."""
+        return [i for i in (0, 1) if self.values[i] == 0.0 and (self.abs_max[i] or 0.0) > 0.0]
+
+    def cell(self) -> tuple[str, str | None]:
+        """The table cell and, when the ratio alone would mislead, a footnote saying what the run measured."""
+        num, den = self.values
+        if num is None or den is None:
+            return "n/a", None
+        if math.isnan(num) or math.isnan(den):
+            return "NaN", None
+        what = "outputs" if self.stat.startswith("activation") else "gradient elements"
+        at = f"at step {self.step}" if self.step is not None else "at the first logged step"
+        under = self.underflowed()
+        if under:
+            names = " and ".join(self.layers[i] for i in under)
+            peaks = " and ".join(f"{self.abs_max[i]:.2g}" for i in under)
+            return "underflow", (
+                f"{at} the {self.stat} of {names} was stored as 0 although the largest |value| was {peaks}: the "
+                f"float32 sum of squares underflowed (values below ~3e-23 square to 0); the {what} are tiny, not zero"
+            )
+        if num == 0.0 and den == 0.0:
+            exact = all(m == 0.0 for m in self.abs_max)
+            return "0 / 0", (
+                f"{at} the {self.stat} of {self.layers[0]} and of {self.layers[1]} is 0"
+                + (f" (all {what} exactly 0)" if exact else "")
+            )
+        if den == 0.0:
+            return f"{num:.3g} / 0", f"{at} the {self.stat} of {self.layers[1]} is 0"
+        return format(self.value, ".3g"), None
+
+
+_MISSING_RATIO = DepthRatio("", None, ("", ""), (None, None))
+
+
 @dataclass
 class RunResult:
     """What one run measured; every number is read from the run itself."""
@@ -131,10 +191,22 @@ class RunResult:
     scheme: str
     log_dir: str
     metrics: dict[str, float]
-    activation_ratio: float
-    grad_ratio: float
     findings: list[str]
     seconds: float
+    #: ``activation_std`` of the last layer over the first's, at the first logged step.
+    activation_depth: DepthRatio = _MISSING_RATIO
+    #: ``grad_norm`` of the first layer's weight over the last's, at the first logged step.
+    grad_depth: DepthRatio = _MISSING_RATIO
+
+    @property
+    def activation_ratio(self) -> float:
+        """Activation std of the last layer over the first (the initializer's depth profile); nan if undefined."""
+        return self.activation_depth.value
+
+    @property
+    def grad_ratio(self) -> float:
+        """Grad norm of the first layer's weight over the last's (the initializer's depth profile); nan if undefined."""
+        return self.grad_depth.value
 
     @property
     def val_loss(self) -> float:
@@ -171,8 +243,24 @@ def depth_ends(model: torch.nn.Module) -> tuple[str, str]:
     return names[0], names[-1]
 
 
-def _first(series: list[tuple[int, float]] | None) -> float:
-    return series[0][1] if series else math.nan
+def _first(series: list[tuple[int, float]] | None) -> tuple[int | None, float | None]:
+    return (series[0][0], series[0][1]) if series else (None, None)
+
+
+def _at(series: list[tuple[int, float]] | None, step: int | None) -> float | None:
+    return next((v for s, v in series or () if s == step), None)
+
+
+def depth_ratio(scalars: dict[str, list[tuple[int, float]]], kind: str, stat: str, num: str, den: str) -> DepthRatio:
+    """``{kind}_{stat}`` of ``num`` over ``den`` at the first step each was logged, with their ``abs_max`` there."""
+    (s_num, v_num), (s_den, v_den) = (_first(scalars.get(f"{kind}_{stat}/{name}")) for name in (num, den))
+    return DepthRatio(
+        stat=f"{kind} {stat}",
+        step=s_num if s_num == s_den else None,
+        layers=(num, den),
+        values=(v_num, v_den),
+        abs_max=(_at(scalars.get(f"{kind}_abs_max/{num}"), s_num), _at(scalars.get(f"{kind}_abs_max/{den}"), s_den)),
+    )
 
 
 def _ratio(num: float, den: float) -> float:
@@ -191,26 +279,70 @@ def _rule_of(tag: str) -> str:
 
 def summarize(
     scalars: dict[str, list[tuple[int, float]]], first_layer: str, last_layer: str
-) -> tuple[float, float, list[str]]:
+) -> tuple[DepthRatio, DepthRatio, list[str]]:
     """Depth ratios at the first logged step and the findings in the table's words.
 
     Returns:
         ``activation_std`` of the last layer over the first, ``grad_norm`` of the first layer's weight over the
-        last's (both at the first step each was logged, i.e. the initializer's own profile), and the sorted words of
-        the health rules that flagged at least one layer at any step.
+        last's (both at the first step they were logged, i.e. the initializer's own profile), and the sorted words
+        of the health rules that flagged at least one layer at any step.
     """
-    act = _ratio(
-        _first(scalars.get(f"activation_std/{last_layer}")), _first(scalars.get(f"activation_std/{first_layer}"))
-    )
-    grad = _ratio(
-        _first(scalars.get(f"grad_norm/{first_layer}.weight")), _first(scalars.get(f"grad_norm/{last_layer}.weight"))
-    )
+    act = depth_ratio(scalars, "activation", "std", last_layer, first_layer)
+    grad = depth_ratio(scalars, "grad", "norm", f"{first_layer}.weight", f"{last_layer}.weight")
     words = {
         FINDING_WORDS[rule]
         for tag, series in scalars.items()
         if tag.startswith("health/") and (rule := _rule_of(tag)) in FINDING_WORDS and any(v > 0 for _, v in series)
     }
     return act, grad, sorted(words)
+
+
+#: Loggers whose INFO lines (Lightning's "GPU available: ...", "Seed set to ...", and this package's
+#: ``rank_zero_info``: the init reports and the monitors' end-of-fit health tables) :func:`quiet` silences.
+CHATTY_LOGGERS: tuple[str, ...] = (
+    "lightning",
+    "lightning.pytorch",
+    "lightning.fabric",  # "Seed set to ..."
+    "lightning_fabric",
+    "lightning_utilities",
+)
+
+
+@contextlib.contextmanager
+def quiet(enabled: bool = True) -> Iterator[None]:
+    """Raise :data:`CHATTY_LOGGERS` to WARNING while the block runs, then restore their levels.
+
+    ``rank_zero_info`` (Lightning's and this package's) logs through these loggers, so the demo's terminal shows its
+    progress bar and its table only; the per-layer reports stay in TensorBoard's Text tab.
+    """
+    if not enabled:
+        yield
+        return
+    loggers = [logging.getLogger(name) for name in CHATTY_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(max(logging.WARNING, logger.getEffectiveLevel()))
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+@contextlib.contextmanager
+def single_thread() -> Iterator[None]:
+    """Run torch's CPU ops on one intra-op thread while the block runs, then restore the previous count.
+
+    The demo's models are tiny (64-wide MLPs on batches of 128, a 2-8-2 net on XOR): a second thread buys nothing,
+    and on a 2-core machine where anything else runs its spin-waiting makes every step far slower (measured: the 12
+    runs at 30 steps took 10.7 s on one thread and 230 s on two while another process used the second core).
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def monitors(every_n_steps: int, histogram_every_n_steps: int | None) -> list[Callback]:
@@ -277,10 +409,10 @@ def run_one(
         scheme=scheme.label,
         log_dir=logger.log_dir,
         metrics={"final loss": val_loss, "accuracy": val_acc},
-        activation_ratio=act,
-        grad_ratio=grad,
         findings=findings,
         seconds=time.perf_counter() - start,
+        activation_depth=act,
+        grad_depth=grad,
     )
 
 
@@ -305,15 +437,21 @@ def run_demo(
     every_n_steps: int = 10,
     experiments: Sequence[Experiment] | None = None,
     progress: bool = True,
+    verbose: bool = False,
 ) -> list[RunResult]:
-    """Run every scheme of every experiment; return one :class:`RunResult` per run."""
+    """Run every scheme of every experiment; return one :class:`RunResult` per run.
+
+    Lightning's info lines and the callbacks' per-run reports are silenced unless ``verbose`` (see :func:`quiet`);
+    torch runs on one thread (see :func:`single_thread`).
+    """
     from tqdm.auto import tqdm
 
     out = Path(out)
     experiments = list(default_experiments() if experiments is None else experiments)
     runs = [(e, s) for e in experiments for s in e.schemes]
     results = []
-    with tqdm(total=steps * len(runs), desc="lightning-init demo", unit="step", disable=not progress) as bar:
+    bar = tqdm(total=steps * len(runs), desc="lightning-init demo", unit="step", disable=not progress)
+    with quiet(not verbose), single_thread(), bar:
         for experiment, scheme in runs:
             bar.set_postfix_str(f"{experiment.name}/{scheme.label}")
             results.append(
@@ -331,36 +469,62 @@ def run_demo(
 
 
 def _fmt(value: float, spec: str) -> str:
-    return "n/a" if math.isnan(value) else format(value, spec)
+    return "NaN" if math.isnan(value) else format(value, spec)
 
 
-def format_table(results: Sequence[RunResult]) -> str:
-    """The results as a Markdown pipe table (readable in a terminal, pasted as-is into README)."""
+def _table(results: Sequence[RunResult]) -> tuple[list[str], list[list[str]], list[str]]:
+    """Header, rows and footnotes of the results table (one place, so the markers and the notes agree)."""
     keys = list(dict.fromkeys(k for r in results for k in r.metrics))
     header = ["experiment", "scheme", *keys, "act std last/first", "grad norm first/last", "findings"]
+    notes: list[str] = []
 
-    def metric(key: str, value: float) -> str:
+    def metric(key: str, r: RunResult) -> str:
+        if key not in r.metrics:
+            return "n/a"
+        value = r.metrics[key]
         if key == "accuracy":
             return _fmt(100 * value, ".1f") + ("" if math.isnan(value) else " %")
         return _fmt(value, ".4g")
+
+    def ratio(r: RunResult, depth: DepthRatio) -> str:
+        text, note = depth.cell()
+        if note is None:
+            return text
+        notes.append(f"[{len(notes) + 1}] {r.experiment}/{r.scheme}: {note}.")
+        return f"{text} [{len(notes)}]"
 
     rows = [
         [
             r.experiment,
             r.scheme,
-            *(metric(k, r.metrics.get(k, math.nan)) for k in keys),
-            _fmt(r.activation_ratio, ".3g"),
-            _fmt(r.grad_ratio, ".3g"),
+            *(metric(k, r) for k in keys),
+            ratio(r, r.activation_depth),
+            ratio(r, r.grad_depth),
             r.verdict,
         ]
         for r in results
     ]
+    return header, rows, notes
+
+
+def format_table(results: Sequence[RunResult]) -> str:
+    """The results as a Markdown pipe table (readable in a terminal, pasted as-is into README).
+
+    Cells: ``NaN`` where the run measured NaN (a diverged loss), ``n/a`` where it logged nothing to compute the cell
+    from; a ``[n]`` marker points to :func:`format_notes` where a ratio alone would mislead (``0 / 0``, underflow).
+    """
+    header, rows, _ = _table(results)
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
 
     def line(cells: Sequence[str]) -> str:
         return "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
 
     return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
+
+
+def format_notes(results: Sequence[RunResult]) -> str:
+    """The footnotes of :func:`format_table` (what each ``[n]`` marker stands for), one per line; empty if none."""
+    return "\n".join(_table(results)[2])
 
 
 @dataclass(frozen=True)
@@ -443,69 +607,77 @@ def run_compare(
     steps: int = 200,
     seed: int = 0,
     every_n_steps: int = 10,
+    verbose: bool = False,
 ) -> list[RunResult]:
     """One short fit per scheme on a user's LightningCLI config; the config's ``WeightInit`` is replaced.
 
     The config is read by ``LightningCLI(LightningModule, LightningDataModule, subclass_mode_model=True,
     subclass_mode_data=True)``, so ``model`` and ``data`` are given with ``class_path``. Its logger is replaced by a
     ``TensorBoardLogger`` writing ``{out}/compare/{scheme}``; monitors are added unless the config has them. A config
-    that LightningCLI rejects fails exactly as it would in the user's own script.
+    that LightningCLI rejects fails exactly as it would in the user's own script. Lightning's info lines and the
+    callbacks' reports are silenced unless ``verbose`` (see :func:`quiet`).
     """
+    results = []
+    for scheme in schemes:
+        with quiet(not verbose), warnings.catch_warnings():
+            # The health verdicts go into the table; LightningCLI's "args and sys.argv both given" note is ours.
+            warnings.simplefilter("ignore")
+            results.append(_compare_one(config, scheme, out=out, steps=steps, seed=seed, every_n_steps=every_n_steps))
+    return results
+
+
+def _compare_one(
+    config: str | Path, scheme: Scheme, *, out: str | Path, steps: int, seed: int, every_n_steps: int
+) -> RunResult:
+    """One fit of :func:`run_compare`."""
     import json
 
     from lightning.pytorch.cli import LightningCLI
 
-    results = []
-    for scheme in schemes:
-        start = time.perf_counter()
-        logger = {
-            "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-            "init_args": {"save_dir": str(out), "name": "compare", "version": scheme.label, "default_hp_metric": False},
-        }
-        args = [
-            f"--config={config}",
-            f"--seed_everything={seed}",
-            f"--trainer.max_steps={steps}",
-            f"--trainer.log_every_n_steps={every_n_steps}",
-            f"--trainer.logger={json.dumps(logger)}",
-            "--trainer.enable_checkpointing=false",
-            "--trainer.enable_progress_bar=false",
-            "--trainer.enable_model_summary=false",
-        ]
-        cli = LightningCLI(
-            pl.LightningModule,
-            pl.LightningDataModule,
-            subclass_mode_model=True,
-            subclass_mode_data=True,
-            run=False,
-            args=args,
-            save_config_callback=None,
-        )
-        trainer = cli.trainer
-        # `Trainer.callbacks` is a public attribute that the callback connector sets (untyped for mypy).
-        callbacks: list[Callback] = trainer.callbacks  # type: ignore[attr-defined]
-        kept = [c for c in callbacks if not isinstance(c, WeightInit)]
-        has_monitors = {type(c) for c in kept} & {WeightMonitor, ActivationMonitor, GradientMonitor}
-        added = [] if has_monitors else monitors(every_n_steps, histogram_every_n_steps=max(steps // 4, 1))
-        init = WeightInit(scheme=scheme.scheme, seed=seed, **scheme.params)  # type: ignore[arg-type]
-        trainer.callbacks = [init, *kept, *added]  # type: ignore[attr-defined]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            trainer.fit(cli.model, datamodule=cli.datamodule)
-        metrics = {k: float(v) for k, v in sorted(trainer.callback_metrics.items()) if v.numel() == 1}
-        log_dir = str(trainer.logger.log_dir) if trainer.logger is not None else ""
-        trainer.logger.experiment.flush()  # type: ignore[union-attr]
-        act, grad, findings = summarize(read_scalars(log_dir), *depth_ends(cli.model))
-        results.append(
-            RunResult(
-                experiment=Path(config).stem,
-                scheme=scheme.label,
-                log_dir=log_dir,
-                metrics=metrics,
-                activation_ratio=act,
-                grad_ratio=grad,
-                findings=findings,
-                seconds=time.perf_counter() - start,
-            )
-        )
-    return results
+    start = time.perf_counter()
+    logger = {
+        "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+        "init_args": {"save_dir": str(out), "name": "compare", "version": scheme.label, "default_hp_metric": False},
+    }
+    args = [
+        f"--config={config}",
+        f"--seed_everything={seed}",
+        f"--trainer.max_steps={steps}",
+        f"--trainer.log_every_n_steps={every_n_steps}",
+        f"--trainer.logger={json.dumps(logger)}",
+        "--trainer.enable_checkpointing=false",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+    ]
+    cli = LightningCLI(
+        pl.LightningModule,
+        pl.LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        run=False,
+        args=args,
+        save_config_callback=None,
+    )
+    trainer = cli.trainer
+    # `Trainer.callbacks` is a public attribute that the callback connector sets (untyped for mypy).
+    callbacks: list[Callback] = trainer.callbacks  # type: ignore[attr-defined]
+    kept = [c for c in callbacks if not isinstance(c, WeightInit)]
+    has_monitors = {type(c) for c in kept} & {WeightMonitor, ActivationMonitor, GradientMonitor}
+    added = [] if has_monitors else monitors(every_n_steps, histogram_every_n_steps=max(steps // 4, 1))
+    init = WeightInit(scheme=scheme.scheme, seed=seed, **scheme.params)  # type: ignore[arg-type]
+    trainer.callbacks = [init, *kept, *added]  # type: ignore[attr-defined]
+    trainer.fit(cli.model, datamodule=cli.datamodule)
+    metrics = {k: float(v) for k, v in sorted(trainer.callback_metrics.items()) if v.numel() == 1}
+    log_dir = str(trainer.logger.log_dir) if trainer.logger is not None else ""
+    trainer.logger.experiment.flush()  # type: ignore[union-attr]
+    act, grad, findings = summarize(read_scalars(log_dir), *depth_ends(cli.model))
+    return RunResult(
+        experiment=Path(config).stem,
+        scheme=scheme.label,
+        log_dir=log_dir,
+        metrics=metrics,
+        findings=findings,
+        seconds=time.perf_counter() - start,
+        activation_depth=act,
+        grad_depth=grad,
+    )

@@ -1,11 +1,13 @@
 """Forward-hook handling: a container of removable handles and the activation recorder (pure torch).
 
 Never imports Lightning. The monitors decide *when* to record; this module makes sure hooks keep only small
-reductions (never the activation itself) and are always removable.
+reductions (never the activation itself) and are always removable, and tells where hooks cannot fire
+(:func:`compiled_regions`).
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any
@@ -21,7 +23,35 @@ from lightning_init.stats import (
     histogram_columns,
 )
 
-__all__ = ["ActivationRecorder", "HookSet"]
+__all__ = ["COMPILED_PREFIX", "ActivationRecorder", "HookSet", "compiled_regions", "original_name"]
+
+#: The attribute through which ``torch.compile``'s wrapper (``OptimizedModule``) holds the module it compiled; it shows
+#: up in qualified names (``net._orig_mod.0.weight``).
+COMPILED_PREFIX = "_orig_mod"
+
+
+def compiled_regions(module: nn.Module) -> list[str]:
+    """Qualified names of the submodules of ``module`` that run compiled by ``torch.compile`` (``""``: all of it).
+
+    A forward hook registered after the first compiled call of a module never fires inside the compiled code: Dynamo
+    does not guard on hooks (``torch._dynamo.config.skip_nnmodule_hook_guards``, on by default), so the graph it
+    traced without them is reused. Hooks registered for one step only (as the activation monitor does) are therefore
+    useless inside these regions. Found: every ``torch.compile(submodule)`` wrapper (``OptimizedModule``), and the
+    whole ``module`` when its own ``forward`` was compiled, which is how Lightning runs ``trainer.fit(torch.compile(
+    model))`` (it unwraps the model and marks it with ``_compiler_ctx``, see ``lightning.pytorch.utilities.compile``).
+    """
+    regions = [""] if getattr(module, "_compiler_ctx", None) is not None else []
+    eval_frame = sys.modules.get("torch._dynamo.eval_frame")  # imported by torch.compile: absent, nothing compiled
+    optimized = getattr(eval_frame, "OptimizedModule", None)
+    if isinstance(optimized, type):
+        regions += [name for name, m in module.named_modules() if name and isinstance(m, optimized)]
+    return regions
+
+
+def original_name(name: str) -> str:
+    """``name`` as in the uncompiled module: ``net._orig_mod.0.weight`` -> ``net.0.weight`` (other names unchanged)."""
+    parts = [part for part in name.split(".") if part != COMPILED_PREFIX]
+    return ".".join(parts)
 
 
 class HookSet:

@@ -329,7 +329,10 @@ def init_module(
 
     with torch.no_grad():
         for name, mod in layers:
-            direct = list(mod.named_parameters(recurse=False))
+            # A parameter tied into several modules is initialized (and reported) once, under its first name.
+            direct = [(pname, p) for pname, p in mod.named_parameters(recurse=False) if id(p) not in names]
+            if not direct:
+                continue
             for pname, p in direct:
                 names[id(p)] = f"{name}.{pname}" if name else pname
             rule = first_match(rule_list, name, mod)

@@ -77,11 +77,47 @@ def log_image(trainer: "pl.Trainer", tag: str, image: np.ndarray, step: int) -> 
         writer.flush()
 
 
+def _add_scalars_at_once(logger: TensorBoardLogger, metrics: Mapping[str, float], step: int) -> bool:
+    """Write every scalar of ``metrics`` in ONE ``Summary`` event; ``False`` if this writer cannot take it.
+
+    ``TensorBoardLogger.log_metrics`` calls ``SummaryWriter.add_scalar`` once per key: one protobuf, one event and one
+    trip through the writer thread's queue per value, ~60 ms for the ~650 scalars of three monitors on a 20-layer
+    MLP. A single ``Summary`` holding all of them is ~1 ms and reads back identically (TensorBoard's readers and
+    ``EventAccumulator`` iterate over ``summary.value``: same tags, values, steps). The logger's ``prefix`` is applied
+    as ``log_metrics`` would (``{prefix}-{key}``). Private access, isolated here: the logger's ``_prefix`` and the
+    writer's ``_get_file_writer`` (as in :func:`_add_png`); a writer without it, or with its own protobuf classes
+    (tensorboardX), falls back to ``log_metrics``.
+    """
+    writer = logger.experiment
+    file_writer = getattr(writer, "_get_file_writer", None)
+    if file_writer is None:
+        return False
+    prefix = getattr(logger, "_prefix", "")
+    join = getattr(logger, "LOGGER_JOIN_CHAR", "-")
+    summary = Summary(
+        value=[
+            Summary.Value(tag=f"{prefix}{join}{key}" if prefix else key, simple_value=float(value))
+            for key, value in metrics.items()
+        ]
+    )
+    try:
+        file_writer().add_summary(summary, step)
+    except TypeError:  # a writer with its own protobuf classes (e.g. tensorboardX)
+        return False
+    return True
+
+
 def log_scalars(trainer: "pl.Trainer", metrics: Mapping[str, float], step: int) -> None:
-    """Send ``metrics`` to every attached logger's ``log_metrics`` (TensorBoard, CSV, MLflow...), rank zero only."""
+    """Send ``metrics`` to every attached logger (TensorBoard, CSV, MLflow...), rank zero only.
+
+    TensorBoard loggers receive all of them in one event (:func:`_add_scalars_at_once`); every other logger through
+    its ``log_metrics``.
+    """
     if not metrics or trainer.global_rank != 0:
         return
     for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger) and _add_scalars_at_once(logger, metrics, step):
+            continue
         logger.log_metrics(dict(metrics), step=step)
 
 

@@ -29,3 +29,20 @@ def test_overhead_benchmark_quick_runs_and_prints_ratios(tmp_path: Path) -> None
     assert re.search(r"^\| bare \| mlp \| 0/0 \| [\d.]+ \| 1\.000x", out, re.MULTILINE)
     assert re.search(r"^verdict: (flat|GROWS)", out, re.MULTILINE)
     assert ("wandb e1" in out) != ("`import wandb` failed" in out)
+
+
+REDUCTIONS = SCRIPT.with_name("reductions.py")
+
+
+def test_reductions_benchmark_quick_runs_and_prints_before_and_after(tmp_path: Path) -> None:
+    # Smoke test of the kernel micro-benchmark: each fix prints a before and an after row with two timings.
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    proc = subprocess.run(
+        [sys.executable, str(REDUCTIONS), "--quick"], capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = re.findall(r"^\| (.+?) \| (\d+\.\d\d) \| (\d+\.\d\d) \|$", proc.stdout, re.MULTILINE)
+    for fix in ("1.", "2.", "3.", "4.", "5."):
+        labels = [label for label, _, _ in rows if label.startswith(fix)]
+        assert any("before" in label for label in labels), (fix, proc.stdout)
+        assert any("after" in label for label in labels), (fix, proc.stdout)

@@ -1,5 +1,6 @@
 """`lightning-init demo` and `lightning-init compare`: arguments, exit codes, the seed's claims, one run per scheme."""
 
+import logging
 import math
 import subprocess
 import sys
@@ -8,7 +9,16 @@ from pathlib import Path
 import pytest
 
 from lightning_init.cli import main
-from lightning_init.demo import Scheme, check_claims, format_table, read_scalars
+from lightning_init.demo import (
+    CHATTY_LOGGERS,
+    DepthRatio,
+    Scheme,
+    check_claims,
+    format_notes,
+    format_table,
+    quiet,
+    read_scalars,
+)
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -44,8 +54,8 @@ def test_compare_refuses_a_scheme_typo_before_any_fit(capsys):
 
 def test_help_documents_every_option():
     for command, options in {
-        "demo": ["--out", "--steps", "--seed", "--every-n-steps", "--no-progress"],
-        "compare": ["--config", "--schemes", "--out", "--steps", "--seed", "--every-n-steps"],
+        "demo": ["--out", "--steps", "--seed", "--every-n-steps", "--no-progress", "--verbose"],
+        "compare": ["--config", "--schemes", "--out", "--steps", "--seed", "--every-n-steps", "--verbose"],
     }.items():
         out = subprocess.run(
             [sys.executable, "-m", "lightning_init.cli", command, "--help"], capture_output=True, text=True, check=True
@@ -126,3 +136,85 @@ def test_compare_gives_one_row_and_one_run_per_scheme(tmp_path, capsys):
     for run in runs:
         scalars = read_scalars(tmp_path / "compare" / run)
         assert [s for s, _ in scalars["grad_norm/total"]] == [0, 2, 5, 8, 11]
+
+
+def _depth(values, abs_max=(None, None)):
+    return DepthRatio("grad norm", 0, ("net.0.weight", "net.2.weight"), values, abs_max)
+
+
+@pytest.mark.parametrize(
+    ("depth", "cell", "note"),
+    [
+        (_depth((0.5, 2.0), (0.1, 0.3)), "0.25", None),
+        (_depth((None, 2.0)), "n/a", None),
+        (_depth((math.nan, 2.0)), "NaN", None),
+        (_depth((0.0, 0.0), (0.0, 0.0)), "0 / 0", "all gradient elements exactly 0"),
+        (_depth((0.0, 1e-3), (4.9e-26, 2e-3)), "underflow", "largest |value| was 4.9e-26"),
+        (_depth((0.0, 0.0), (4.9e-26, 4e-25)), "underflow", "net.0.weight and net.2.weight was stored as 0"),
+        (_depth((3.0, 0.0), (1.0, 0.0)), "3 / 0", "net.2.weight is 0"),
+    ],
+)
+def test_depth_ratio_cells_say_what_was_measured(depth, cell, note):
+    text, footnote = depth.cell()
+    assert text == cell
+    if note is None:
+        assert footnote is None
+    else:
+        assert note in footnote
+
+
+def test_quiet_silences_lightning_infos_and_restores_levels(caplog):
+    from lightning.pytorch.utilities.rank_zero import rank_zero_info
+
+    before = {name: logging.getLogger(name).level for name in CHATTY_LOGGERS}
+    caplog.set_level(logging.INFO)  # caplog's handler sits on the root logger: records must propagate to be seen
+    with quiet():
+        rank_zero_info("hidden line")
+        logging.getLogger("lightning.pytorch.utilities.rank_zero").warning("kept warning")
+    rank_zero_info("shown line")
+    assert "hidden line" not in caplog.text
+    assert "kept warning" in caplog.text
+    assert "shown line" in caplog.text
+    assert {name: logging.getLogger(name).level for name in CHATTY_LOGGERS} == before
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)  # includes the session's one full demo run
+def test_demo_table_marks_zero_and_underflowed_ratios_with_notes_from_the_event_files(demo_run):
+    _, results = demo_run
+    table, notes = format_table(results), format_notes(results).splitlines()
+    markers = [m for m in (f"[{i}]" for i in range(1, len(notes) + 1)) if m in table]
+    assert len(markers) == len(notes)
+    by = {(r.experiment, r.scheme): r for r in results}
+    # A zero init: the weight gradients of the 2-8-2 net are exactly 0 at step 0 (read back independently).
+    zeros = read_scalars(by["xor", "zeros"].log_dir)
+    assert _value_at(zeros, "grad_abs_max/net.0.weight", 0) == 0.0
+    assert _value_at(zeros, "grad_abs_max/net.2.weight", 0) == 0.0
+    assert by["xor", "zeros"].grad_depth.cell()[0] == "0 / 0"
+    # normal(0.01) on 20 ReLU layers: the first layer's gradient is tiny but not zero. The table says "underflow" when
+    # the stored norm is 0 (float32 sum of squares), and a ratio otherwise; never a made-up number.
+    small = by["deep_relu", "normal_std=0.01"]
+    scalars = read_scalars(small.log_dir)
+    assert 0.0 < _value_at(scalars, "grad_abs_max/net.0.weight", 0) < 1e-20
+    text, _ = small.grad_depth.cell()
+    if _value_at(scalars, "grad_norm/net.0.weight", 0) == 0.0:
+        assert text == "underflow"
+    else:
+        assert float(text) < 1.0
+
+
+def _value_at(scalars, tag, step):
+    return next(v for s, v in scalars[tag] if s == step)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)  # includes the session's one full demo run
+def test_readme_demo_table_is_this_demos_output(demo_run):
+    """The table pasted into README.md has the rows, accuracies and findings the demo produces (fixed seeds)."""
+    _, results = demo_run
+    readme = (EXAMPLES.parent / "README.md").read_text().splitlines()
+    start = readme.index(format_table(results).splitlines()[0])
+    pasted = readme[start + 2 : start + 2 + len(results)]
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in pasted]
+    expected = [[r.experiment, r.scheme, f"{100 * r.val_acc:.1f} %", r.verdict] for r in results]
+    assert [[row[0], row[1], row[3], row[-1]] for row in rows] == expected

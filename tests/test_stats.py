@@ -148,3 +148,167 @@ def test_first_float_tensor_of_structured_outputs() -> None:
     assert first_float_tensor((a, (b, b))) is a
     assert first_float_tensor({"idx": torch.arange(3), "out": [b]}) is b
     assert first_float_tensor([torch.arange(2)]) is None
+
+
+# ----------------------------------------------------------------------------------------------- fast reductions
+# The reductions are two-pass (sum, then a centred norm) with aminmax for abs_max; these references are independent
+# float64 computations (Tensor.std/mean, torch.linalg.vector_norm in float64, hand counts).
+
+
+def _reference(t: torch.Tensor) -> dict[str, float]:
+    d = t.double()
+    return {
+        "mean": d.mean().item(),
+        "std": d.std().item() if d.numel() > 1 else 0.0,
+        "norm": torch.linalg.vector_norm(d).item(),
+        "abs_max": d.abs().max().item(),
+    }
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_tensor_columns_against_float64_references(dtype: torch.dtype) -> None:
+    g = torch.Generator().manual_seed(1)
+    tensors = [
+        (torch.randn(64, 33, generator=g) * 0.05).to(dtype),
+        (torch.randn(257, generator=g) + 1000.0).to(dtype),  # mean >> std: a one-pass E[x^2]-E[x]^2 would fail
+        torch.tensor([-3.5]).to(dtype),
+        torch.zeros(7, dtype=dtype),
+        (torch.randn(40, 30, generator=g) + 500.0).to(dtype),  # the same with row_spread's shared temporary
+        (torch.randn(16, 8, 3, 3, generator=g) * 0.1 - 0.05).to(dtype),
+        torch.zeros(3, 4, dtype=dtype),
+    ]
+    with_spread = _table(tensors, ["mean", "std", "norm", "abs_max", "row_spread"])
+    without = _table(tensors, ["mean", "std", "norm", "abs_max"])
+    rel = 1e-5 if dtype in (torch.float32, torch.float64) else 2e-3  # the inputs are exact; only float32 sums round
+    for host in (with_spread, without):
+        for i, t in enumerate(tensors):
+            ref = _reference(t)
+            for stat in ("mean", "norm", "abs_max"):
+                assert host[stat][i] == pytest.approx(ref[stat], rel=1e-5, abs=1e-12), (dtype, i, stat)
+            # the centred second pass keeps the std exact even where the mean is 4 orders of magnitude larger
+            assert host["std"][i] == pytest.approx(ref["std"], rel=rel, abs=1e-12), (dtype, i)
+    for i, t in enumerate(tensors):
+        if t.ndim >= 2:
+            assert with_spread["row_spread"][i] == pytest.approx(_row_spread_reference(t), rel=1e-4, abs=1e-6)
+        else:
+            assert math.isnan(with_spread["row_spread"][i])
+
+
+def test_abs_max_propagates_nan_and_inf_so_repair_counts_them() -> None:
+    tensors = [
+        torch.tensor([1.0, -float("inf"), 2.0]),
+        torch.tensor([float("nan"), 5.0]),
+        torch.tensor([-7.0, 3.0]),
+        torch.tensor([float("inf"), float("nan"), 0.0, -float("inf")]),
+    ]
+    tensors.append(torch.tensor([[1.0, float("nan")], [1.0, float("nan")]]))  # identical rows, but NaN
+    host = _table(tensors, ["mean", "std", "norm", "row_spread"], count_nonfinite=True)
+    assert host["abs_max"][0] == math.inf
+    assert math.isnan(host["abs_max"][1])
+    assert host["abs_max"][2] == 7.0
+    assert host["nonfinite"] == [1.0, 1.0, 0.0, 3.0, 2.0]
+    assert math.isnan(host["row_spread"][4])  # NaN, not 0: a NaN weight is not reported "symmetric"
+
+
+def test_huge_finite_std_with_nonzero_mean_is_repaired() -> None:
+    g = torch.Generator().manual_seed(2)
+    t = torch.randn(1000, generator=g) * 1e30 + 2e30
+    w = t.reshape(50, 20)
+    host = _table([t, w], ["mean", "std", "norm", "row_spread"])
+    ref = _reference(t)
+    for i in (0, 1):
+        for stat in ("mean", "std", "norm"):
+            assert math.isfinite(host[stat][i])
+            assert host[stat][i] == pytest.approx(ref[stat], rel=1e-5)
+    assert host["row_spread"][1] == pytest.approx(_row_spread_reference(w), rel=1e-5)
+
+
+def _row_reference(t: torch.Tensor, bounds: tuple[float, float] | None = None) -> list[float]:
+    d = t.double().reshape(-1)
+    finite = [v for v in d.tolist() if math.isfinite(v)]
+    nonfinite = d.numel() - len(finite)
+    zeros = sum(1 for v in d.tolist() if v == 0.0)
+    saturated = 0
+    if bounds is not None:
+        lo, hi = bounds
+        saturated = sum(1 for v in d.tolist() if v < lo + 0.01 or v > hi - 0.01)
+    std = d.std().item() if d.numel() > 1 else 0.0
+    return [d.mean().item(), std, d.abs().max().item(), zeros, saturated, nonfinite]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_activation_row_against_float64_references(dtype: torch.dtype) -> None:
+    g = torch.Generator().manual_seed(3)
+    cases = [
+        torch.relu(torch.randn(16, 50, generator=g)),  # half exact zeros
+        torch.randn(3, 7, 11, generator=g) * 4 - 100,  # mean >> std
+        torch.tensor([0.0, -0.0, 2.0, -3.0]),  # -0.0 is a zero
+        torch.tensor([1.25]),  # one element: std 0
+    ]
+    for x in cases:
+        x = x.to(dtype)
+        row = activation_row(x).tolist()
+        ref = _row_reference(x)
+        rel = 1e-5 if dtype in (torch.float32, torch.float64) else 2e-3
+        assert row[0] == pytest.approx(ref[0], rel=1e-5, abs=1e-6)
+        assert row[1] == pytest.approx(ref[1], rel=rel, abs=1e-6)
+        assert row[2] == pytest.approx(ref[2], rel=1e-6)
+        assert row[3:] == ref[3:]
+
+
+def test_activation_row_huge_values_stay_finite_and_nonfinite_is_counted_exactly() -> None:
+    g = torch.Generator().manual_seed(4)
+    huge = torch.randn(500, generator=g) * 3e30 + 1e30
+    row = activation_row(huge).tolist()
+    ref = _row_reference(huge)
+    assert all(math.isfinite(v) for v in row)
+    assert row[0] == pytest.approx(ref[0], rel=1e-4)
+    assert row[1] == pytest.approx(ref[1], rel=1e-5)
+    assert row[2] == pytest.approx(ref[2], rel=1e-6)
+    bad = torch.tensor([1.0, float("nan"), float("inf"), -float("inf"), 0.0, 0.999, -0.995, float("nan")])
+    row = activation_row(bad, bounds=(-1.0, 1.0)).tolist()
+    assert row[5] == 4  # 2 NaN, +Inf, -Inf
+    assert row[3] == 1  # the one exact zero; NaN is not a zero
+    assert row[4] == 5  # 1.0, inf, -inf, 0.999, -0.995 (NaN compares false)
+    assert math.isnan(row[2])
+    inf_only = activation_row(torch.tensor([2.0, float("inf")])).tolist()
+    assert inf_only[2] == math.inf
+    assert inf_only[5] == 1
+
+
+def _row_spread_reference(w: torch.Tensor) -> float:
+    a = w.double().reshape(w.shape[0], -1).numpy()
+    scale = np.abs(a).max()
+    return 0.0 if scale == 0 else float(np.abs(a - a.mean(axis=0, keepdims=True)).max() / scale)
+
+
+def test_row_spread_against_a_numpy_reference() -> None:
+    reference = _row_spread_reference
+    g = torch.Generator().manual_seed(5)
+    row = torch.randn(1, 3, 2, 2, generator=g)
+    cases = [
+        torch.randn(16, 9, generator=g),
+        torch.randn(8, 3, 3, 3, generator=g) - 4.0,
+        row.expand(6, 3, 2, 2).clone(),  # identical output units: 0
+        torch.full((4, 5), 0.3),
+        torch.zeros(3, 4),
+        torch.randn(5, 5, generator=g).to(torch.bfloat16),
+    ]
+    for w in cases:
+        assert row_spread(w).item() == pytest.approx(reference(w), rel=1e-5, abs=1e-7)
+    assert row_spread(cases[2]).item() < 1e-6  # 0 up to the rounding of a float32 column mean
+    assert math.isnan(row_spread(torch.tensor([[1.0, float("nan")], [2.0, 3.0]])).item())
+    assert math.isnan(row_spread(torch.ones(4)).item())  # 1-D: not defined
+    assert math.isnan(row_spread(torch.ones(1, 4)).item())  # one output unit: not defined
+
+
+def test_tiny_values_whose_squares_underflow_are_reported_tiny_not_zero():
+    x = torch.full((4096,), 1e-25)
+    x[::2] = 3e-25
+    cols = tensor_columns([x], ["norm", "std", "mean"])
+    host = fetch(cols)
+    repair([x], host, count_nonfinite=True)
+    reference = x.double()
+    assert host["norm"][0] == pytest.approx(torch.linalg.vector_norm(reference).item(), rel=1e-4)
+    assert host["std"][0] == pytest.approx(reference.std().item(), rel=1e-4)
+    assert host["mean"][0] == pytest.approx(reference.mean().item(), rel=1e-4)

@@ -62,3 +62,33 @@ def test_raw_histograms_with_huge_values(tmp_path: Path) -> None:
     assert event.step == 7
     assert event.histogram_value.num == 3
     assert list(event.histogram_value.bucket) == pytest.approx([2.0, 1.0])
+
+
+@pytest.mark.parametrize("prefix", ["", "run"])
+def test_scalars_in_one_event_read_back_like_log_metrics(tmp_path: Path, prefix: str) -> None:
+    # All scalars of one call go out as one Summary event; TensorBoard must read exactly what Lightning's own
+    # TensorBoardLogger.log_metrics (one add_scalar per key) writes: same tags, values (float32), steps.
+    metrics = {f"weight_std/net.{i}.weight": 0.1 * i + 1e-3 for i in range(40)}
+    metrics.update({"grad_norm/total": 1e30, "grad_mean/a": -2.5e-9, "grad_std/nan": float("nan")})
+    metrics["grad_abs_max/inf"] = float("inf")
+    fast = TensorBoardLogger(tmp_path, name="fast", prefix=prefix)
+    reference = TensorBoardLogger(tmp_path, name="reference", prefix=prefix)
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=[fast], enable_progress_bar=False)
+    for step in (0, 5):
+        writers.log_scalars(trainer, metrics, step=step)
+        reference.log_metrics(metrics, step=step)
+
+    def read(logger: TensorBoardLogger) -> dict[str, list[tuple[int, float]]]:
+        logger.experiment.flush()
+        ea = EventAccumulator(logger.log_dir, size_guidance={"scalars": 0})
+        ea.Reload()
+        return {tag: [(e.step, e.value) for e in ea.Scalars(tag)] for tag in ea.Tags()["scalars"]}
+
+    got, expected = read(fast), read(reference)
+    assert len(expected) == len(metrics)
+    assert all(tag.startswith("run-") for tag in expected) == bool(prefix)
+    assert got.keys() == expected.keys()
+    for tag, events in expected.items():
+        assert [s for s, _ in got[tag]] == [s for s, _ in events] == [0, 5]
+        for (_, a), (_, b) in zip(got[tag], events, strict=True):
+            assert a == b or (a != a and b != b), tag  # equal, or both NaN

@@ -61,7 +61,7 @@ from lightning_init.health import (
     merge_findings,
     profile_of,
 )
-from lightning_init.hooks import ActivationRecorder
+from lightning_init.hooks import ActivationRecorder, compiled_regions, original_name
 from lightning_init.reduce import local_moments, merge_moments, moment_order
 from lightning_init.schemes import check_choice
 from lightning_init.stats import (
@@ -267,7 +267,7 @@ class _LayerMonitor(Callback):
     def _watched_parameters(self, pl_module: "pl.LightningModule") -> list[tuple[str, nn.Parameter]]:
         """Parameters in registration order, tied ones once; with ``module_types`` only those owned by such modules."""
         if not self.module_types:
-            named = list(pl_module.named_parameters())
+            named = [(original_name(n), p) for n, p in pl_module.named_parameters()]
         else:
             seen: set[int] = set()
             named = []
@@ -277,7 +277,7 @@ class _LayerMonitor(Callback):
                 for pname, p in module.named_parameters(prefix=mname, recurse=False):
                     if id(p) not in seen:
                         seen.add(id(p))
-                        named.append((pname, p))
+                        named.append((original_name(pname), p))
             order = {id(p): i for i, (_, p) in enumerate(pl_module.named_parameters())}
             named.sort(key=lambda item: order.get(id(item[1]), len(order)))
         return [(n, p) for n, p in named if self._selected(n)]
@@ -946,13 +946,23 @@ class ActivationMonitor(_LayerMonitor):
         self._watched_names: list[str] = []  # same list and order on every process
         self._recording_scalars = False
         self._recording_histograms = False
+        self._warned_compiled = False
         #: Module name -> nonlinearity name (None for parameterized layers) of the modules of the last table.
         self.nonlinearities: dict[str, str | None] = {}
 
     def _watched_modules(self, pl_module: "pl.LightningModule") -> list[tuple[str, nn.Module]]:
+        compiled = compiled_regions(pl_module)
+        if compiled and not self._warned_compiled:
+            self._warned_compiled = True
+            where = "The LightningModule" if "" in compiled else ", ".join(compiled)
+            rank_zero_warn(
+                f"ActivationMonitor: {where} runs compiled by `torch.compile`; forward hooks cannot record inside "
+                "compiled code, so activations of the modules it runs are not logged (weights and gradients are). "
+                "Monitor activations on an uncompiled run."
+            )
         out = []
         for name, module in pl_module.named_modules():
-            if not name:
+            if not name or any(r == "" or name == r or name.startswith(f"{r}.") for r in compiled):
                 continue
             if self.module_types:
                 keep = _type_matches(module, self.module_types)

@@ -7,7 +7,6 @@ import torch
 from lightning_init.stats import (
     HISTOGRAM_BINS,
     activation_row,
-    combine_activation_rows,
     fetch,
     first_float_tensor,
     histogram_columns,
@@ -124,23 +123,6 @@ def test_activation_row_and_saturation_definition() -> None:
     half = torch.randn(100, dtype=torch.float16)
     assert activation_row(half).dtype == torch.float32
     assert activation_row(half).tolist()[1] == pytest.approx(half.float().std().item(), rel=1e-5)
-
-
-def test_combine_rows_equals_statistics_of_the_concatenation() -> None:
-    g = torch.Generator().manual_seed(0)
-    parts = [
-        torch.randn(30, generator=g) + 5,
-        torch.randn(7, generator=g) * 3,
-        torch.relu(torch.randn(50, generator=g)),
-    ]
-    rows = [activation_row(p).tolist() for p in parts]
-    out = combine_activation_rows([p.numel() for p in parts], rows, bounded=False)
-    cat = torch.cat(parts).double()
-    assert out["mean"] == pytest.approx(cat.mean().item(), rel=1e-6)
-    assert out["std"] == pytest.approx(cat.std().item(), rel=1e-6)
-    assert out["abs_max"] == pytest.approx(cat.abs().max().item(), rel=1e-6)
-    assert out["zero_fraction"] == pytest.approx((cat == 0).double().mean().item())
-    assert "saturation" not in out
 
 
 def test_first_float_tensor_of_structured_outputs() -> None:

@@ -199,8 +199,10 @@ class ProfileHistory:
             raise ValueError(f"`max_columns` must be an even integer >= 2, got {max_columns!r}")
         self.max_columns = max_columns
         self._layers: dict[str, int] = {}
-        self._columns: list[tuple[int, dict[int, float]]] = []
-        self._latest: tuple[int, dict[int, float]] | None = None
+        # A column is a compact float64 array indexed by layer row (NaN: absent), ~8 bytes a value instead of a dict's
+        # ~100, so the full history of a 40-layer model stays under 100 KB.
+        self._columns: list[tuple[int, np.ndarray]] = []
+        self._latest: tuple[int, np.ndarray] | None = None
         self._offered = 0
         self._stride = 1
 
@@ -210,7 +212,9 @@ class ProfileHistory:
 
     def append(self, step: int, values: Mapping[str, float]) -> None:
         """Add the column of ``step``: layer name -> value (layers appear as rows in first-seen order)."""
-        column = {self._layers.setdefault(name, len(self._layers)): float(v) for name, v in values.items()}
+        rows = [self._layers.setdefault(name, len(self._layers)) for name in values]
+        column = np.full(len(self._layers), np.nan)
+        column[rows] = [float(v) for v in values.values()]
         entry = (int(step), column)
         self._latest = entry
         if self._offered % self._stride == 0:
@@ -228,8 +232,7 @@ class ProfileHistory:
             columns.append(self._latest)
         out = np.full((len(self._layers), len(columns)), np.nan)
         for j, (_, column) in enumerate(columns):
-            for i, v in column.items():
-                out[i, j] = v
+            out[: len(column), j] = column
         return out, list(self._layers), [s for s, _ in columns]
 
     def state_dict(self) -> dict[str, Any]:
@@ -250,7 +253,7 @@ class ProfileHistory:
         self.max_columns = int(state["max_columns"])
         self._layers = {name: i for i, name in enumerate(state["layers"])}
         entries = [
-            (int(step), {i: float(v) for i, v in enumerate(col) if v is not None})
+            (int(step), np.array([np.nan if v is None else float(v) for v in col], dtype=np.float64))
             for step, col in zip(state["steps"], state["values"], strict=True)
         ]
         if entries and not state["latest_kept"]:

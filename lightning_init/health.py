@@ -801,7 +801,10 @@ class HealthTracker:
                 lines.append(f"| {cell} | {self.kind} | ok | | | |")
                 continue
             rules = ", ".join(s.last)
-            values = "; ".join(f"{r}: {_fmt(v)} {op} {_fmt(t)}" for r, (v, op, t) in s.last.items())
+            values = "; ".join(
+                f"{r}: {_fmt(v)} {op} {_fmt(t)}" if op else f"{r}: {_fmt(v)} (not finite)"
+                for r, (v, op, t) in s.last.items()
+            )
             lines.append(f"| {cell} | {s.kind} | {rules} | {s.first_step} | {s.last_step} | {values} |")
         return "\n".join(lines)
 

@@ -403,3 +403,11 @@ def test_rule_names_and_tags():
     tags = {health_tag(r, k) for k, rules in RULES_BY_KIND.items() for r in rules}
     assert len(tags) == sum(len(r) for r in RULES_BY_KIND.values())  # no two monitors write the same tag
     assert Finding.__dataclass_params__.frozen  # type: ignore[attr-defined]
+
+
+def test_tracker_markdown_says_not_finite_for_a_nan_weight():
+    tracker = HealthTracker("weight")
+    table = {"net.0.weight": {"abs_max": math.nan, "row_spread": math.nan}}
+    tracker.update(3, check_weights(table, step=3), layers=list(table))
+    md = tracker.to_markdown()
+    assert "nonfinite: nan (not finite)" in md, md

@@ -18,12 +18,12 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.trainer.states import TrainerStatus
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_init import ActivationMonitor, GradientMonitor, HealthError, WeightInit, WeightMonitor
+from tests.events import events, scalars
 
 # ----------------------------------------------------------------------------------------------- fixtures
 
@@ -73,22 +73,6 @@ def make_trainer(tmp_path: Path, callbacks: list, **kw: Any) -> pl.Trainer:
         callbacks=callbacks,
         **kw,
     )
-
-
-def events(trainer: pl.Trainer) -> EventAccumulator:
-    ea = EventAccumulator(
-        trainer.logger.log_dir, size_guidance={"scalars": 0, "histograms": 0, "tensors": 0, "images": 0}
-    )
-    ea.Reload()
-    return ea
-
-
-def scalars(ea: EventAccumulator, tag: str) -> dict[int, float]:
-    out: dict[int, float] = {}
-    for e in ea.Scalars(tag):
-        assert e.step not in out, f"{tag} logged twice at step {e.step}"
-        out[e.step] = e.value
-    return out
 
 
 def all_hooks(model: nn.Module) -> int:

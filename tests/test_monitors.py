@@ -19,6 +19,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_init import ActivationMonitor, GradientMonitor, HealthThresholds, WeightMonitor
+from tests.events import events, scalars
 
 # ----------------------------------------------------------------------------------------------- fixtures
 
@@ -72,20 +73,6 @@ def fit(tmp_path: Path, model: pl.LightningModule, callbacks: list, *, logger: A
     )
     trainer.fit(model, data if data is not None else loader())
     return trainer
-
-
-def events(trainer: pl.Trainer) -> EventAccumulator:
-    ea = EventAccumulator(trainer.logger.log_dir, size_guidance={"scalars": 0, "histograms": 0, "tensors": 0})
-    ea.Reload()
-    return ea
-
-
-def scalars(ea: EventAccumulator, tag: str) -> dict[int, float]:
-    out: dict[int, float] = {}
-    for e in ea.Scalars(tag):
-        assert e.step not in out, f"{tag} logged twice at step {e.step}"
-        out[e.step] = e.value
-    return out
 
 
 def layer_tags(ea: EventAccumulator) -> list[str]:

@@ -34,13 +34,30 @@ def log_text(trainer: "pl.Trainer", tag: str, markdown: str, step: int) -> None:
         writer.flush()
 
 
+def _add_summary(writer: Any, summary: Summary, step: int) -> bool:
+    """Hand a ready ``Summary`` to ``writer``'s event file writer; ``False`` if this writer cannot take it.
+
+    ``SummaryWriter`` has no public method that takes a built ``Summary``, hence the one private call, isolated here
+    (``_get_file_writer``, present in torch's and tensorboardX's writers). A writer without it, or with its own
+    protobuf classes (tensorboardX raises ``TypeError``), returns ``False`` and the caller falls back to the public
+    API.
+    """
+    file_writer = getattr(writer, "_get_file_writer", None)
+    if file_writer is None:
+        return False
+    try:
+        file_writer().add_summary(summary, step)
+    except TypeError:
+        return False
+    return True
+
+
 def _add_png(writer: Any, tag: str, image: np.ndarray, png: bytes, step: int) -> None:
     """Write an encoded PNG as an image summary.
 
     ``SummaryWriter.add_image`` encodes with PIL, which is not a dependency of this package, so the summary is built
-    here from :func:`lightning_init.heatmap.to_png` and handed to the writer's event file writer. There is no public
-    ``SummaryWriter`` method that takes an already encoded image, hence the one private call (``_get_file_writer``,
-    present in torch's and tensorboardX's writers); any other writer falls back to ``add_image``.
+    here from :func:`lightning_init.heatmap.to_png` and handed to the writer with :func:`_add_summary`; a writer that
+    cannot take it falls back to ``add_image``.
     """
     height, width = image.shape[:2]
     summary = Summary(
@@ -51,14 +68,8 @@ def _add_png(writer: Any, tag: str, image: np.ndarray, png: bytes, step: int) ->
             )
         ]
     )
-    file_writer = getattr(writer, "_get_file_writer", None)
-    if file_writer is not None:
-        try:
-            file_writer().add_summary(summary, step)
-            return
-        except TypeError:  # a writer with its own protobuf classes (e.g. tensorboardX)
-            pass
-    writer.add_image(tag, image, global_step=step, dataformats="HWC")
+    if not _add_summary(writer, summary, step):
+        writer.add_image(tag, image, global_step=step, dataformats="HWC")
 
 
 def log_image(trainer: "pl.Trainer", tag: str, image: np.ndarray, step: int) -> None:
@@ -84,14 +95,9 @@ def _add_scalars_at_once(logger: TensorBoardLogger, metrics: Mapping[str, float]
     trip through the writer thread's queue per value, ~60 ms for the ~650 scalars of three monitors on a 20-layer
     MLP. A single ``Summary`` holding all of them is ~1 ms and reads back identically (TensorBoard's readers and
     ``EventAccumulator`` iterate over ``summary.value``: same tags, values, steps). The logger's ``prefix`` is applied
-    as ``log_metrics`` would (``{prefix}-{key}``). Private access, isolated here: the logger's ``_prefix`` and the
-    writer's ``_get_file_writer`` (as in :func:`_add_png`); a writer without it, or with its own protobuf classes
-    (tensorboardX), falls back to ``log_metrics``.
+    as ``log_metrics`` would (``{prefix}-{key}``; the logger's private ``_prefix``). A writer that cannot take the
+    summary (see :func:`_add_summary`) falls back to ``log_metrics``.
     """
-    writer = logger.experiment
-    file_writer = getattr(writer, "_get_file_writer", None)
-    if file_writer is None:
-        return False
     prefix = getattr(logger, "_prefix", "")
     join = getattr(logger, "LOGGER_JOIN_CHAR", "-")
     summary = Summary(
@@ -100,11 +106,7 @@ def _add_scalars_at_once(logger: TensorBoardLogger, metrics: Mapping[str, float]
             for key, value in metrics.items()
         ]
     )
-    try:
-        file_writer().add_summary(summary, step)
-    except TypeError:  # a writer with its own protobuf classes (e.g. tensorboardX)
-        return False
-    return True
+    return _add_summary(logger.experiment, summary, step)
 
 
 def log_scalars(trainer: "pl.Trainer", metrics: Mapping[str, float], step: int) -> None:

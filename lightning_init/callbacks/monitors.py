@@ -1036,19 +1036,18 @@ class ActivationMonitor(_LayerMonitor):
             rec.clear()
             return
         moments = local_moments(names, rec.rows, rec.numels, device=pl_module.device)
-        if distributed:
-            moments = _all_gather(trainer, moments)  # the logging step's one collective
+        # [processes, modules, columns]: the logging step's one collective, or this process alone
+        moments = _all_gather(trainer, moments) if distributed else moments[None]
         hist_names = [n for n in rec.rows if n in rec.histograms] if self._recording_histograms else []
         cols: dict[str, Any] = {"moments": moments}
         for i, n in enumerate(hist_names):
             cols[f"c{i}"] = rec.histograms[n]["counts"]
             cols[f"m{i}"] = rec.histograms[n]["meta"]
         host = fetch(cols)  # the one transfer
-        width = moments.shape[-1]
+        processes, watched, width = moments.shape
         flat = host["moments"]
-        processes = len(flat) // max(len(names) * width, 1)
         parts = [
-            [flat[(p * len(names) + i) * width : (p * len(names) + i + 1) * width] for i in range(len(names))]
+            [flat[(p * watched + i) * width : (p * watched + i + 1) * width] for i in range(watched)]
             for p in range(processes)
         ]
         index = {n: i for i, n in enumerate(names)}

@@ -10,6 +10,18 @@ import torch
 from torch import Tensor
 
 
+def _abs_max_of(x: Tensor) -> Tensor:
+    """``max |x|`` of a non-empty tensor in one ``aminmax`` pass, no temporary (NaN propagates)."""
+    lo, hi = torch.aminmax(x)
+    return torch.maximum(hi, lo.neg())
+
+
+def _relative_spread(spread: Tensor, scale: Tensor) -> Tensor:
+    """``spread / scale`` as float32: ``0`` for a zero ``scale`` (an all-zero weight), NaN for a NaN/Inf one."""
+    ratio = spread / scale.clamp_min(torch.finfo(torch.float32).tiny)
+    return torch.where(scale == 0, torch.zeros_like(scale), ratio).float()
+
+
 def row_spread(weight: Tensor) -> Tensor:
     """How far the output units (rows) of a weight are from being identical, as a 0-dim float32 tensor.
 
@@ -22,12 +34,9 @@ def row_spread(weight: Tensor) -> Tensor:
     if weight.ndim < 2 or weight.shape[0] < 2:
         return torch.full((), float("nan"), device=weight.device)
     w = weight.detach().flatten(1).float()  # no copy when already float32
-    lo, hi = torch.aminmax(w - w.mean(dim=0, keepdim=True))  # one temporary; aminmax propagates NaN
-    spread = torch.maximum(hi, lo.neg())
-    w_lo, w_hi = torch.aminmax(w)
-    scale = torch.maximum(w_hi, w_lo.neg())
+    spread = _abs_max_of(w - w.mean(dim=0, keepdim=True))  # one temporary
     # NaN/Inf in the weight: NaN (not "symmetric"); an all-zero weight: 0
-    return torch.where(scale == 0, torch.zeros_like(scale), spread / scale.clamp_min(torch.finfo(torch.float32).tiny))
+    return _relative_spread(spread, _abs_max_of(w))
 
 
 # ------------------------------------------------------------------------------------------ statistic names
@@ -148,12 +157,11 @@ def _moments_and_spread(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     rows, n = w.shape[0], w.numel()
     col_mean = w.mean(dim=0)
     d = w - col_mean
-    lo, hi = torch.aminmax(d)
     mean = col_mean.mean()
     within = torch.linalg.vector_norm(d)
     between = torch.linalg.vector_norm(col_mean - mean) * math.sqrt(rows)
     std = torch.hypot(within, between) / math.sqrt(max(n - 1, 1))
-    return mean, std, torch.maximum(hi, lo.neg())
+    return mean, std, _abs_max_of(d)
 
 
 def tensor_columns(tensors: Sequence[Tensor], stats: Sequence[str]) -> dict[str, list[Tensor]]:
@@ -181,9 +189,7 @@ def tensor_columns(tensors: Sequence[Tensor], stats: Sequence[str]) -> dict[str,
         for x, amax in zip(xs, cols["abs_max"], strict=True):
             if spread_wanted and x.ndim >= 2 and x.shape[0] >= 2 and x.numel() > 0:
                 mean, std, spread = _moments_and_spread(x)
-                # as row_spread(): 0 for an all-zero weight, NaN when it holds NaN/Inf
-                tiny = torch.finfo(torch.float32).tiny
-                spreads.append(torch.where(amax == 0, torch.zeros_like(amax), spread / amax.clamp_min(tiny)).float())
+                spreads.append(_relative_spread(spread, amax))  # as row_spread()
             else:
                 mean, std = _mean_std(x) if moments_wanted else (amax, amax)
                 if spread_wanted:
@@ -227,7 +233,7 @@ def repair(tensors: Sequence[Tensor], host: dict[str, list[float]], *, count_non
         if not keys or amax == 0.0:
             continue
         x = t.detach().float() / amax
-        std, mean = torch.std_mean(x, correction=1 if x.numel() > 1 else 0)
+        mean, std = _mean_std(x)
         norm, std_v, mean_v = torch.stack([torch.linalg.vector_norm(x), std, mean]).tolist()
         fixed = {"norm": norm * amax, "std": std_v * amax, "mean": mean_v * amax}
         for k in keys:

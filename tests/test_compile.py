@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_init import ActivationMonitor, GradientMonitor, WeightInit, WeightMonitor
 from lightning_init.hooks import compiled_regions, original_name
+from tests.helpers import quiet_trainer
 
 BACKEND = "eager"
 
@@ -73,14 +74,8 @@ def run(tmp_path: Path, how: str, max_steps: int = 6) -> tuple[EventAccumulator,
         ActivationMonitor(every_n_steps=2, histogram_every_n_steps=None),
         probe,
     ]
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=1,
+    trainer = quiet_trainer(
         logger=TensorBoardLogger(tmp_path, name=how),
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        log_every_n_steps=1,
         max_steps=max_steps,
         callbacks=callbacks,
     )
@@ -203,13 +198,8 @@ def test_weight_init_on_a_compiled_model_gives_the_uncompiled_weights(how: str, 
         module = getattr(model, "_orig_mod", model)  # the LightningModule inside a torch.compile wrapper
         module.example_input_array = torch.randn(2, 4, generator=torch.Generator().manual_seed(1))
         init, initial = WeightInit(scheme=scheme, seed=0), InitialWeights()
-        trainer = pl.Trainer(
-            accelerator="cpu",
-            devices=1,
+        trainer = quiet_trainer(
             logger=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            enable_checkpointing=False,
             max_steps=1,
             callbacks=[init, initial],
         )

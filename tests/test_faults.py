@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_init import ActivationMonitor, GradientMonitor, HealthError, WeightInit, WeightMonitor
-from tests.events import events, scalars
+from tests.helpers import events, quiet_trainer, scalars
 
 # ----------------------------------------------------------------------------------------------- fixtures
 
@@ -63,13 +63,7 @@ def make_trainer(tmp_path: Path, callbacks: list, **kw: Any) -> pl.Trainer:
     torch.manual_seed(0)
     kw.setdefault("max_steps", 6)
     kw.setdefault("logger", TensorBoardLogger(tmp_path, name="tb"))
-    return pl.Trainer(
-        accelerator="cpu",
-        devices=1,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        log_every_n_steps=1,
+    return quiet_trainer(
         callbacks=callbacks,
         **kw,
     )

@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_init import ActivationMonitor, GradientMonitor, HealthError, WeightMonitor
+from tests.helpers import quiet_trainer
 
 
 @pytest.fixture(autouse=True)
@@ -90,14 +91,8 @@ def fit(
 ) -> tuple[pl.Trainer, list[str]]:
     """Fit and return the trainer and the texts of the monitors' warnings."""
     torch.manual_seed(0)
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=1,
+    trainer = quiet_trainer(
         logger=TensorBoardLogger(tmp_path, name="tb"),
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        log_every_n_steps=1,
         max_steps=max_steps,
         callbacks=callbacks,
     )

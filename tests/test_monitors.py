@@ -19,7 +19,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_init import ActivationMonitor, GradientMonitor, HealthThresholds, WeightMonitor
-from tests.events import events, scalars
+from tests.helpers import events, quiet_trainer, scalars
 
 # ----------------------------------------------------------------------------------------------- fixtures
 
@@ -61,16 +61,8 @@ def fit(tmp_path: Path, model: pl.LightningModule, callbacks: list, *, logger: A
     if logger is None:
         logger = TensorBoardLogger(tmp_path, name="tb")
     kw.setdefault("max_steps", 6)
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=1,
-        logger=logger,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        callbacks=callbacks,
-        **kw,
-    )
+    kw.setdefault("log_every_n_steps", 50)  # Lightning's default: the monitors' own every_n_steps decide
+    trainer = quiet_trainer(logger=logger, callbacks=callbacks, **kw)
     trainer.fit(model, data if data is not None else loader())
     return trainer
 
@@ -654,15 +646,11 @@ def test_resumed_fit_does_not_warn_again(tmp_path: Path) -> None:
         model.net[2].weight.zero_()
 
     def run(max_steps: int, callbacks: list, ckpt_path: str | None = None) -> list[str]:
-        trainer = pl.Trainer(
-            accelerator="cpu",
-            devices=1,
+        trainer = quiet_trainer(
             logger=TensorBoardLogger(tmp_path, name="tb"),
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            log_every_n_steps=1,
             max_steps=max_steps,
             callbacks=callbacks,
+            enable_checkpointing=True,
         )
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")

@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_init import ActivationMonitor, GradientMonitor, WeightMonitor
+from tests.helpers import quiet_trainer
 
 
 def _data(n: int = 64, batch: int = 8) -> DataLoader:
@@ -21,14 +22,8 @@ def _data(n: int = 64, batch: int = 8) -> DataLoader:
 
 
 def _trainer(tmp_path, callbacks, **kw) -> pl.Trainer:
-    return pl.Trainer(
-        accelerator="cpu",
-        devices=1,
+    return quiet_trainer(
         logger=TensorBoardLogger(str(tmp_path), name="", version="tb"),
-        log_every_n_steps=1,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         callbacks=callbacks,
         **kw,
     )

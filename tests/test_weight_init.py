@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_init import InitRule, WeightInit
+from tests.helpers import quiet_trainer
 
 
 class TinyModel(pl.LightningModule):
@@ -68,16 +69,10 @@ class RngSnapshot(pl.Callback):
 
 
 def _trainer(tmp_path, callbacks, max_steps=2, logger=False, **kw):
-    return pl.Trainer(
-        accelerator="cpu",
-        devices=1,
+    return quiet_trainer(
         logger=logger,
         callbacks=callbacks,
         max_steps=max_steps,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        log_every_n_steps=1,
         default_root_dir=tmp_path,
         **kw,
     )

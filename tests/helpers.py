@@ -1,7 +1,25 @@
-"""Read what users see: the event files a test's Trainer wrote (shared by the test modules)."""
+"""Shared test helpers: a quiet single-CPU Trainer and readers of the event files it wrote."""
+
+from typing import Any
 
 import lightning.pytorch as pl
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+
+def quiet_trainer(**kwargs: Any) -> pl.Trainer:
+    """``pl.Trainer`` on one CPU, without progress bar, model summary or checkpoints, logging every step.
+
+    Any argument overrides these defaults (e.g. ``enable_checkpointing=True``).
+    """
+    defaults: dict[str, Any] = {
+        "accelerator": "cpu",
+        "devices": 1,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "enable_checkpointing": False,
+        "log_every_n_steps": 1,
+    }
+    return pl.Trainer(**{**defaults, **kwargs})
 
 
 def events(trainer: pl.Trainer) -> EventAccumulator:

@@ -1,4 +1,6 @@
-"""Statistics of sharded parameters and gradients from their local shards (pure torch, never imports Lightning).
+"""Sharded parameters (FSDP2 ``fully_shard``, DTensor): statistics from local shards, and initialization.
+
+Pure torch, never imports Lightning.
 
 Under FSDP2 (``torch.distributed.fsdp.fully_shard``, Lightning's ``ModelParallelStrategy``) every parameter and
 gradient is a ``DTensor`` and each process holds one shard (``to_local()``). The weight and gradient monitors report
@@ -20,6 +22,11 @@ health decisions. Supported layouts: every ``DTensor`` on a one-dimensional devi
 replicated ``DTensor`` is counted once (the copy of mesh rank 0). Refused, with what to do
 (:func:`check_supported`): meshes of two or more dimensions (HSDP, FSDP + tensor parallel), meshes over some of the
 processes, and ``Partial`` placements (a pending reduction).
+
+Initialization (:func:`init_sharded_`): every process runs the initializer on plain tensors of the *whole* shapes,
+drawn from the same seeded stream, and keeps its own shard (``distribute_tensor(..., src_data_rank=None)``: local
+slicing, no communication). So the sharded model holds, bit for bit, what the unsharded model initialized with the
+same seed holds, for any placement (FSDP2, HSDP, tensor parallel).
 """
 
 from __future__ import annotations
@@ -27,16 +34,17 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from lightning_init.reduce import PARAM_COLUMNS, merge_column_extremes, merge_norms, merge_param_moments
 
 __all__ = [
     "ShardInfo",
     "check_supported",
+    "init_sharded_",
     "is_sharded",
     "local_table",
     "local_tensor",
@@ -323,3 +331,63 @@ def sharded_columns(
     gathered = gather(local)
     gathered = gathered.reshape(-1, local.numel()) if local.numel() else local.reshape(1, 0)
     return merge_table(gathered, infos, wanted, norm_names=list(norms or {}))
+
+
+_T = TypeVar("_T")
+
+
+def init_sharded_(module: nn.Module, init: Callable[[nn.Module], _T]) -> _T:
+    """Run ``init(module)`` on whole-shape plain parameters, then keep each process's shard of the result.
+
+    Every ``DTensor`` parameter of ``module`` is replaced, for the duration of ``init``, by a plain parameter of its
+    global shape, dtype and device, filled with NaN (tied parameters by one tensor); ``init`` writes those (e.g.
+    :func:`lightning_init.init_module` with a ``seed``: the same draws as on the unsharded module); then each
+    process copies its slice (``distribute_tensor(full, mesh, placements, src_data_rank=None)``: no communication)
+    into the ``DTensor``'s local shard, and the ``DTensor`` parameters are put back, also when ``init`` raises. A
+    parameter ``init`` did not write (still all NaN: a ``skip`` rule, ``only_rules``) keeps its values; the
+    current values are never gathered, so ``init`` must not read a parameter before writing it.
+
+    Peak memory: one whole-shape copy of every sharded parameter per process, for the duration of ``init``. ``init``
+    must not run the module's forward (FSDP2's hooks would put the sharded parameters back mid-way).
+
+    Args:
+        module: a module whose parameters are (partly) ``DTensor``s; plain parameters are passed through untouched.
+        init: writes the parameters of ``module`` in place and returns anything (e.g. an ``InitReport``).
+
+    Returns:
+        What ``init`` returned.
+    """
+    from torch.distributed.tensor import distribute_tensor
+
+    slots: list[tuple[nn.Module, str, nn.Parameter]] = []
+    full: dict[int, nn.Parameter] = {}
+    for mod in module.modules():
+        for name, p in list(mod.named_parameters(recurse=False, remove_duplicate=False)):
+            if not is_sharded(p):
+                continue
+            if id(p) not in full:
+                local = p.to_local()  # type: ignore[attr-defined]
+                plain = torch.full(p.shape, math.nan, dtype=p.dtype, device=local.device)
+                full[id(p)] = nn.Parameter(plain, requires_grad=p.requires_grad)
+            slots.append((mod, name, p))
+    originals = {id(p): (name, p) for mod, name, p in slots}
+    try:
+        for mod, name, p in slots:
+            setattr(mod, name, full[id(p)])
+        result = init(module)
+        with torch.no_grad():
+            for key, (name, p) in originals.items():
+                unset = full[key].isnan()
+                if bool(unset.all()):
+                    continue  # not initialized: keeps its values
+                if bool(unset.any()):
+                    raise RuntimeError(
+                        f"The initializer wrote only part of sharded parameter `{name}` {tuple(p.shape)} (or wrote "
+                        "NaN): a sharded parameter is initialized whole or not at all."
+                    )
+                shard = distribute_tensor(full[key].detach(), p.device_mesh, p.placements, src_data_rank=None)  # type: ignore[attr-defined]
+                p.to_local().copy_(shard.to_local())  # type: ignore[attr-defined]
+    finally:
+        for mod, name, p in slots:
+            setattr(mod, name, p)
+    return result

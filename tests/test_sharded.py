@@ -190,3 +190,55 @@ def test_dtensor_layouts_are_read_and_unsupported_ones_refused(one_process_group
         check_supported([("g", partial)], world_size=1, what="gradient")
     with pytest.raises(NotImplementedError, match="spans 1 of the 2 processes"):
         check_supported([("w", sharded)], world_size=2)
+
+
+def test_init_sharded_writes_whole_tensors_keeps_untouched_ones_and_refuses_partial_writes(one_process_group):
+    from torch import nn
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    from lightning_init import init_module
+    from lightning_init.sharded import init_sharded_
+
+    mesh = init_device_mesh("cpu", (1,))
+    net = nn.Sequential(nn.Linear(4, 6), nn.Linear(6, 2))
+    reference = nn.Sequential(nn.Linear(4, 6), nn.Linear(6, 2))
+    kept = net[1].weight.detach().clone()
+    for layer in net:
+        for name, p in list(layer.named_parameters()):
+            setattr(layer, name, nn.Parameter(distribute_tensor(p.detach(), mesh, [Shard(0)])))
+    rules = [{"name": "1", "scheme": "skip"}]
+    report = init_sharded_(net, lambda m: init_module(m, "orthogonal", rules=rules, seed=3))
+    init_module(reference, "orthogonal", rules=rules, seed=3)
+    assert report.rows  # what init returned comes back
+    assert all(type(p).__name__ == "DTensor" for p in net.parameters())  # the DTensors are back
+    assert torch.equal(net[0].weight.to_local(), reference[0].weight.detach())
+    assert torch.equal(net[1].weight.to_local(), kept)  # skipped: never overwritten
+
+    def half(m):
+        with torch.no_grad():
+            m[0].weight[:3] = 1.0
+
+    with pytest.raises(RuntimeError, match=r"wrote only part of sharded parameter `weight` \(6, 4\)"):
+        init_sharded_(net, half)
+    assert type(net[0].weight).__name__ == "DTensor"  # restored on the way out
+
+
+@pytest.mark.parametrize(
+    ("strategy", "scheme", "match"),
+    [
+        ("ModelParallelStrategy", "lsuv", "cannot run LSUV under ModelParallelStrategy.*configure_model"),
+        ("FSDPStrategy", "auto", "under FSDPStrategy: it flattens.*ModelParallelStrategy"),
+    ],
+)
+def test_weight_init_refuses_what_sharding_cannot_do(strategy, scheme, match):
+    from types import SimpleNamespace
+
+    from lightning.pytorch import strategies
+
+    from lightning_init import WeightInit
+
+    trainer = SimpleNamespace(strategy=getattr(strategies, strategy)())
+    with pytest.raises(RuntimeError, match=match):
+        WeightInit(scheme).setup(trainer, None, "fit")
+    WeightInit("auto").setup(SimpleNamespace(strategy=strategies.ModelParallelStrategy()), None, "fit")  # fine

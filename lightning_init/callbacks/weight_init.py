@@ -5,6 +5,7 @@ The math lives in :mod:`lightning_init.init` / :mod:`lightning_init.schemes`; th
 
 from __future__ import annotations
 
+import secrets
 import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -22,6 +23,7 @@ from lightning_init.init import InitReport, init_module
 from lightning_init.lsuv import check_lsuv_args
 from lightning_init.rules import InitRule, as_rules
 from lightning_init.schemes import DATA_SCHEMES, FanMode, Nonlinearity, SchemeName, validate_scheme
+from lightning_init.sharded import init_sharded_, is_sharded
 from lightning_init.writers import log_text
 
 if TYPE_CHECKING:
@@ -43,8 +45,16 @@ class WeightInit(Callback):
     - **Resume:** when fit resumes from a checkpoint (``ckpt_path``) or this callback's state says it already ran, it
       changes nothing and logs one info line.
     - **DDP:** parameters are broadcast from rank 0 after init, so every rank holds the same weights.
-    - **FSDP / DeepSpeed / ModelParallel:** refused (parameters are sharded and restored after setup); call
-      ``lightning_init.init_module(self, ...)`` inside ``configure_model`` instead.
+    - **ModelParallelStrategy (FSDP2 ``fully_shard``, tensor parallel):** every rank runs the initializer on
+      whole-shape copies of the sharded parameters, drawn from one stream (``seed``, or a seed drawn on rank 0 and
+      broadcast), and keeps its own shard: the sharded model holds bit for bit what the unsharded model initialized
+      with that seed holds (:func:`lightning_init.sharded.init_sharded_`; peak memory: one whole copy of the
+      parameters per rank during init). ``auto``'s probe forward of ``example_input_array`` is not run on a
+      sharded model (followers come from ``nn.Sequential`` order); LSUV is refused. For exactly the unsharded
+      ``auto`` result, for LSUV, or for a model too large for one whole copy, call
+      ``lightning_init.init_module(self, ..., seed=...)`` inside ``configure_model`` before ``fully_shard``.
+    - **FSDPStrategy (FSDP1) / DeepSpeed:** refused (parameters are flattened shards); use ``ModelParallelStrategy``
+      with ``fully_shard``, or ``init_module`` inside ``configure_model``.
     - **Report:** a per-layer table (layer, shape, scheme, fan_in, fan_out, gain, expected std, actual std) printed
       once on rank zero and written to TensorBoard's Text tab under ``weight_init/report``.
     - **Symmetry:** layers whose output units are all identical after init (zeros, constants) get a ``UserWarning``.
@@ -97,7 +107,7 @@ class WeightInit(Callback):
         ValueError: In ``__init__``, for an unknown scheme (with the closest name), a parameter the scheme does not
             take or a value out of range; at fit start, for a rule that matches no layer; with LSUV, at the first
             training batch, for a batch the default forward cannot read (define ``lsuv_forward``).
-        RuntimeError: In ``setup``, under FSDP, DeepSpeed or ModelParallel strategies.
+        RuntimeError: In ``setup``, under FSDPStrategy or DeepSpeedStrategy, or with LSUV under ModelParallelStrategy.
 
     Example::
 
@@ -160,12 +170,21 @@ class WeightInit(Callback):
     def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
         if stage != "fit":
             return
-        refused = _refused_strategy(trainer.strategy)
+        refused = _refused_strategy(trainer.strategy, model_parallel=False)
         if refused is not None:
             raise RuntimeError(
-                f"WeightInit cannot initialize parameters under {refused}: it shards them and restores checkpoints "
-                "after setup. Remove WeightInit and call `lightning_init.init_module(self, ...)` (same scheme and "
-                "parameters) inside your LightningModule's `configure_model` instead."
+                f"WeightInit cannot initialize parameters under {refused}: it flattens them into shards. Use "
+                "`ModelParallelStrategy` with `fully_shard` in `configure_model` (FSDP2), or remove WeightInit and "
+                "call `lightning_init.init_module(self, ...)` (same scheme and parameters) inside your "
+                "LightningModule's `configure_model` instead."
+            )
+        if self._data_dependent and _refused_strategy(trainer.strategy) is not None:
+            raise RuntimeError(
+                f"WeightInit(scheme={self.scheme!r}) cannot run LSUV under {type(trainer.strategy).__name__}: LSUV "
+                "rescales each layer from forward passes of whole weights, which a sharded model does not hold. Call "
+                "`lightning_init.init_module(self, 'lsuv', lsuv_batch=batch, seed=0)` inside `configure_model` "
+                "before `fully_shard`, with the same batch and seed on every rank, or train the LSUV step under "
+                "`strategy='ddp'`."
             )
 
     @override
@@ -199,15 +218,28 @@ class WeightInit(Callback):
 
     def _apply(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", batch: Any) -> None:
         """Initialize, synchronize ranks, report. The one place a scheme is resolved and applied."""
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            report = init_module(
-                pl_module,
+        sharded = any(is_sharded(p) for p in pl_module.parameters())
+        seed = self.seed
+        if sharded and seed is None:  # one stream for every rank's shards: rank 0's OS-seeded draw
+            seed = int(trainer.strategy.broadcast(secrets.randbits(62)))
+        example = pl_module.example_input_array
+        if sharded and example is not None and _uses_auto(self.scheme, self.rules):
+            example = None  # FSDP2's hooks would unshard mid-init; followers come from nn.Sequential order
+            rank_zero_warn(
+                "WeightInit: the model is sharded, so `auto` does not run its probe forward of "
+                "`example_input_array`; followers are read from nn.Sequential order (see the report). For the "
+                "unsharded result, call `lightning_init.init_module(self, 'auto', example_input=..., seed=...)` in "
+                "`configure_model` before `fully_shard`."
+            )
+
+        def run(module: torch.nn.Module) -> InitReport:
+            return init_module(
+                module,
                 self.scheme,
                 rules=self.rules,
                 bias=self.bias,
-                seed=self.seed,
-                example_input=pl_module.example_input_array,
+                seed=seed,
+                example_input=example,
                 only_rules=self.weights_loaded,
                 lsuv_batch=batch,
                 lsuv_forward=_lsuv_forward(pl_module),
@@ -215,7 +247,12 @@ class WeightInit(Callback):
                 lsuv_max_iters=self.lsuv_max_iters,
                 **self.params,
             )
-        _broadcast_from_rank_zero(trainer, pl_module)
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            report = init_sharded_(pl_module, run) if sharded else run(pl_module)
+        if not sharded:
+            _broadcast_from_rank_zero(trainer, pl_module)
         self._applied, self._pending, self.report = True, False, report
         for w in caught:
             rank_zero_warn(str(w.message), category=w.category)
@@ -247,10 +284,18 @@ def _broadcast_from_rank_zero(trainer: "pl.Trainer", module: torch.nn.Module) ->
         torch.distributed.broadcast(tensor.data, src=0)
 
 
-def _refused_strategy(strategy: object) -> str | None:
-    """The name of ``strategy``'s class when it shards parameters (FSDP, DeepSpeed, ModelParallel), else ``None``."""
+def _uses_auto(scheme: str, rules: list[InitRule]) -> bool:
+    return scheme == "auto" or any(r.scheme == "auto" for r in rules)
+
+
+def _refused_strategy(strategy: object, *, model_parallel: bool = True) -> str | None:
+    """The name of ``strategy``'s class when it shards parameters, else ``None``.
+
+    FSDPStrategy (FSDP1) and DeepSpeedStrategy flatten parameters into shards; ``model_parallel`` also names
+    ModelParallelStrategy (FSDP2 / tensor parallel: ``DTensor`` parameters, see :mod:`lightning_init.sharded`).
+    """
     from lightning.pytorch import strategies
 
-    names = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")
+    names = ("FSDPStrategy", "DeepSpeedStrategy", *(("ModelParallelStrategy",) if model_parallel else ()))
     refused = tuple(cls for cls in (getattr(strategies, n, None) for n in names) if isinstance(cls, type))
     return type(strategy).__name__ if isinstance(strategy, refused) else None

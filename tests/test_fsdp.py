@@ -216,3 +216,17 @@ def test_fsdp2_monitors_match_the_unsharded_run_with_one_collective_per_monitor_
     shards = [torch.load(tmp_path / f"initial_sharded{r}.pt") for r in (0, 1)]
     for name, full in initial.items():
         assert torch.equal(torch.cat([s[name] for s in shards]), full), name
+
+
+def test_the_gpu_check_runs_where_cuda_exists_and_says_it_skipped_elsewhere(tmp_path):
+    script = Path(ROOT) / "benchmarks" / "fsdp_gpu.py"
+    quick = ["--steps", "5", "--warmup", "2", "--repeats", "1", "--depth", "2", "--width", "64", "--batch", "16"]
+    proc = subprocess.run(
+        [sys.executable, str(script), *quick], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    if torch.cuda.is_available():
+        assert "max relative difference" in proc.stdout
+        assert "| all e1 |" in proc.stdout
+    else:
+        assert "skipped: no CUDA device" in proc.stdout

@@ -72,6 +72,29 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--seed", type=int, default=0, help="seed_everything and initializer seed (default: 0)")
     compare.add_argument("--every-n-steps", type=_positive, default=10, help="monitor logging interval (default: 10)")
     compare.add_argument("--verbose", action="store_true", help=_VERBOSE_HELP)
+
+    coord = sub.add_parser(
+        "coordcheck",
+        help="train your LightningCLI config at several widths: does each layer's activation scale stay flat?",
+        description="The coordinate check of Yang et al. (2022, muP): a few steps of your config at each width (fixed "
+        "seed and data, the config's WeightInit and monitors), then per layer the slope of log activation std vs log "
+        "width. Exit code 1 when a layer's slope exceeds --threshold (it will blow up when the model is scaled up).",
+        epilog=_EPILOG + ". The figure is also saved as DIR/coordcheck.png.",
+    )
+    coord.add_argument("--config", type=Path, required=True, help="LightningCLI YAML config")
+    coord.add_argument("--width-arg", required=True, help="the config key of the width, e.g. model.init_args.width")
+    coord.add_argument("--widths", type=_positive, nargs="+", required=True, help="at least 2 widths, e.g. 64 128 256")
+    coord.add_argument("--steps", type=_positive, default=5, help="optimizer steps per width (default: 5)")
+    coord.add_argument("--seed", type=int, default=0, help="seed_everything of every width (default: 0)")
+    coord.add_argument(
+        "--out", type=Path, default=Path("coordcheck_runs"), help="log directory (default: coordcheck_runs)"
+    )
+    coord.add_argument(
+        "--threshold", type=float, default=0.25, help="largest slope that passes (default: 0.25, see the docs)"
+    )
+    coord.add_argument("--include", nargs="*", default=(), help="globs on module names (default: every leaf module)")
+    coord.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    coord.add_argument("--verbose", action="store_true", help=_VERBOSE_HELP)
     return parser
 
 
@@ -87,6 +110,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``lightning-init`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
+
+    if args.command == "coordcheck":
+        return _coordcheck(parser, args)
 
     from lightning_init import demo  # heavy imports only after the arguments are known to be good
     from lightning_init.callbacks.weight_init import WeightInit
@@ -131,6 +157,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("\n" + _table_with_notes(results))
     print(f"\nOpen the dashboards with:\n  tensorboard --logdir {args.out}")
     return 0
+
+
+def _coordcheck(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """``lightning-init coordcheck``: exit code 0 when every layer is width-stable, 1 when one grows, 2 on bad input."""
+    if not args.config.is_file():
+        parser.exit(2, f"lightning-init coordcheck: error: `--config` {str(args.config)!r} is not a file\n")
+    from lightning_init import coordcheck
+
+    try:
+        result = coordcheck.run_coordcheck(
+            args.config,
+            args.width_arg,
+            args.widths,
+            steps=args.steps,
+            seed=args.seed,
+            out=args.out,
+            threshold=args.threshold,
+            include=args.include,
+            progress=not args.no_progress,
+            verbose=args.verbose,
+        )
+    except ValueError as err:
+        parser.exit(2, f"lightning-init coordcheck: error: {err}\n")
+    print("\n" + coordcheck.format_table(result) + "\n\n" + coordcheck.summary_line(result))
+    print(f"\nFigure: {args.out / 'coordcheck.png'}\nOpen the runs with:\n  tensorboard --logdir {args.out}")
+    return 1 if result.failed else 0
 
 
 if __name__ == "__main__":

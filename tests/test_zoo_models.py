@@ -77,6 +77,21 @@ def test_runs_are_deterministic_and_monitors_do_not_change_numerics(tmp_path):
     assert set(health_counts(watched)) == set(watched.health)
     check_consistent(watched)
     assert set(findings(watched)) == {_key(f) for f in watched.captured}
+    # Rows read back from the tags: the weight and gradient rows are exactly the model's parameters.
+    params = {name for name, _ in watched.module.named_parameters()}
+    assert set(watched.rows["weight"]) == params
+    assert set(watched.rows["grad"]) == params
+    assert watched.rows["activation"], "no activation rows"
+
+
+def test_baseline_script_prints_the_table(tmp_path, capsys):
+    from tests.zoo.baseline import main
+
+    out = tmp_path / "baseline.md"
+    main(["zero_mlp", "--no-auto", "--out", str(out)])
+    text = out.read_text()
+    assert "| zero_mlp | own |" in text
+    assert text in capsys.readouterr().out
 
 
 def _key(finding) -> str:

@@ -4,7 +4,17 @@
 and warnings; :func:`findings` names the flagged layers per rule. ``python -m tests.zoo.baseline`` prints the table.
 """
 
-from tests.zoo.harness import ZooRun, check_consistent, findings, health_counts, make_monitors, run_zoo
+from tests.zoo.harness import (
+    ZooRun,
+    check_consistent,
+    findings,
+    first_flagged,
+    flagged_by_kind,
+    health_counts,
+    make_monitors,
+    read_rows,
+    run_zoo,
+)
 from tests.zoo.registry import BROKEN, HEALTHY, ZOO, ZooSpec
 
 __all__ = [
@@ -15,7 +25,10 @@ __all__ = [
     "ZooSpec",
     "check_consistent",
     "findings",
+    "first_flagged",
+    "flagged_by_kind",
     "health_counts",
     "make_monitors",
+    "read_rows",
     "run_zoo",
 ]

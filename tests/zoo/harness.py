@@ -23,13 +23,15 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lightning_init import ActivationMonitor, GradientMonitor, WeightInit, WeightMonitor
-from tests.helpers import quiet_trainer
+from tests.helpers import quiet_trainer, scalars
 from tests.zoo.models import ZooModule
 from tests.zoo.registry import ZOO
 
 _MONITOR_NAMES = ("WeightMonitor", "GradientMonitor", "ActivationMonitor")
+_KINDS = ("weight", "grad", "activation")
 
 
 class LossRecorder(Callback):
@@ -54,6 +56,7 @@ class ZooRun:
         losses: training loss per optimizer step (``losses[0]`` is the loss at init).
         log_dir: the TensorBoard event-file directory.
         health: ``{tag: {step: value}}`` for every ``health/*`` scalar in the event files.
+        rows: ``{kind: names}`` of the rows the monitors logged (see :func:`read_rows`).
         health_warnings: texts of the monitors' health ``UserWarning``s, in order.
         warnings: every warning text raised during the run (health ones included).
         monitors: the monitor callbacks (empty with ``monitors=False``).
@@ -66,6 +69,7 @@ class ZooRun:
     losses: list[float]
     log_dir: Path
     health: dict[str, dict[int, float]]
+    rows: dict[str, list[str]]
     health_warnings: list[str]
     warnings: list[str]
     monitors: list[Callback]
@@ -109,15 +113,31 @@ def make_monitors(**kwargs: Any) -> list[Callback]:
     return [cls(every_n_steps=1, **kwargs) for cls in (WeightMonitor, GradientMonitor, ActivationMonitor)]
 
 
-def read_health(log_dir: Path) -> dict[str, dict[int, float]]:
-    """``{tag: {step: value}}`` of every ``health/*`` scalar under ``log_dir``."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    from tests.helpers import scalars
-
+def _scalar_events(log_dir: Path) -> EventAccumulator:
     ea = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
     ea.Reload()
+    return ea
+
+
+def read_health(log_dir: Path) -> dict[str, dict[int, float]]:
+    """``{tag: {step: value}}`` of every ``health/*`` scalar under ``log_dir``."""
+    ea = _scalar_events(log_dir)
     return {tag: scalars(ea, tag) for tag in ea.Tags()["scalars"] if tag.startswith("health/")}
+
+
+def read_rows(log_dir: Path) -> dict[str, list[str]]:
+    """``{kind: row names}`` the monitors logged (``weight``, ``grad``, ``activation``; ``{kind}_{stat}/{name}`` tags).
+
+    Names in first-logged order, ``total`` (the GradientMonitor's global norm) left out: the layers a verdict could
+    name, the denominator of "k of n layers flagged".
+    """
+    out: dict[str, dict[str, None]] = {kind: {} for kind in _KINDS}
+    for tag in _scalar_events(log_dir).Tags()["scalars"]:
+        head, _, name = tag.partition("/")
+        kind = next((k for k in _KINDS if head.startswith(f"{k}_")), None)
+        if kind is not None and name and name != "total":
+            out[kind][name] = None
+    return {kind: list(names) for kind, names in out.items()}
 
 
 def _is_health_warning(text: str) -> bool:
@@ -203,6 +223,7 @@ def run_zoo(
         losses=recorder.losses,
         log_dir=log_dir,
         health=read_health(log_dir),
+        rows=read_rows(log_dir),
         health_warnings=[t for t in texts if _is_health_warning(t)],
         warnings=texts,
         monitors=mons,
@@ -228,9 +249,27 @@ def findings(run: ZooRun) -> dict[str, list[str]]:
     return {rule: list(layers) for rule, layers in out.items()}
 
 
+def flagged_by_kind(run: ZooRun) -> dict[str, list[str]]:
+    """``{kind: layers any rule of that kind flagged}`` (``weight``, ``grad``, ``activation``), first-flagged order."""
+    out: dict[str, dict[str, None]] = {}
+    for f in run.captured:
+        out.setdefault(str(f.kind), {}).update(dict.fromkeys(f.layers))
+    return {kind: list(layers) for kind, layers in out.items()}
+
+
 def health_counts(run: ZooRun) -> dict[str, float]:
     """``{tag: largest value over the steps}`` of every ``health/*`` count scalar in the event files."""
     return {tag: max(values.values()) for tag, values in run.health.items() if values}
+
+
+def first_flagged(run: ZooRun) -> dict[str, int]:
+    """``{tag suffix: first step its health/* count was > 0}`` from the event files (rules that never fired absent)."""
+    out: dict[str, int] = {}
+    for tag, values in run.health.items():
+        steps = [step for step, value in values.items() if value > 0]
+        if steps:
+            out[tag.removeprefix("health/")] = min(steps)
+    return out
 
 
 def check_consistent(run: ZooRun) -> None:

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.zoo import BROKEN, HEALTHY, ZOO, check_consistent, findings, health_counts, run_zoo
+from tests.zoo import BROKEN, HEALTHY, ZOO, cached_run, check_consistent, findings, health_counts, run_zoo
 from tests.zoo import data as zoo_data
 
 #: Chance-level loss of each task: ln(number of classes) (uniform logits).
@@ -82,6 +82,14 @@ def test_runs_are_deterministic_and_monitors_do_not_change_numerics(tmp_path):
     assert set(watched.rows["weight"]) == params
     assert set(watched.rows["grad"]) == params
     assert watched.rows["activation"], "no activation rows"
+
+
+def test_cached_run_fits_once_per_argument_set():
+    first = cached_run("zero_mlp", steps=3)
+    assert cached_run("zero_mlp", steps=3) is first
+    assert cached_run("zero_mlp", steps=4) is not first
+    assert len(first.losses) == 3
+    assert first.log_dir.is_dir()
 
 
 def test_baseline_script_prints_the_table(tmp_path, capsys):

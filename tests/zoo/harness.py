@@ -9,9 +9,12 @@ by :func:`check_consistent`.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import math
+import shutil
+import tempfile
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -231,6 +234,27 @@ def run_zoo(
         seconds=seconds,
         captured=captured,
     )
+
+
+_CACHE: dict[tuple[str, str | None, int | None, int], ZooRun] = {}
+_CACHE_DIR: list[Path] = []
+
+
+def cached_run(name: str, init: str | None = None, *, steps: int | None = None, seed: int = 0) -> ZooRun:
+    """:func:`run_zoo` with the default monitors, run once per process for each argument set.
+
+    For tests that only read a run (findings, event files, losses): the health and the init tests of the same zoo
+    entry then share one fit. The event files live in a temporary directory removed at interpreter exit. Do not
+    modify the returned run or its module.
+    """
+    key = (name, init, steps, seed)
+    if key not in _CACHE:
+        if not _CACHE_DIR:
+            _CACHE_DIR.append(Path(tempfile.mkdtemp(prefix="lightning_init_zoo_")))
+            atexit.register(shutil.rmtree, _CACHE_DIR[0], ignore_errors=True)
+        where = _CACHE_DIR[0] / f"{init or 'own'}_seed{seed}_steps{steps or 'default'}"
+        _CACHE[key] = run_zoo(name, where, init=init, steps=steps, seed=seed)
+    return _CACHE[key]
 
 
 def _key(finding: Any) -> str:

@@ -153,3 +153,15 @@ def test_zero_initialized_mlp_keeps_identical_units(tmp_path):
     for m in linears:  # every output unit (row) of every layer is still the same as the first
         assert torch.equal(m.weight, m.weight[:1].expand_as(m.weight)), m
     assert run.final_loss > 0.97 * run.initial_loss, run.losses
+
+
+def test_harness_refuses_a_monitor_whose_findings_it_cannot_capture():
+    from lightning.pytorch.callbacks import Callback
+
+    from tests.zoo.harness import _capture_findings
+
+    class Opaque(Callback):
+        health = True
+
+    with pytest.raises(RuntimeError, match="_on_findings"):
+        _capture_findings(Opaque(), [])

@@ -99,13 +99,22 @@ class ZooRun:
 
 
 def _capture_findings(monitor: Callback, sink: list[Any]) -> None:
-    """Record every ``Finding`` the monitor hands to its ``on_anomaly`` handling (instance-level wrap, no patching)."""
+    """Record every ``Finding`` the monitor hands to its ``on_anomaly`` handling (instance-level wrap, no patching).
+
+    Raises if a health-enabled monitor has no such seam any more: a harness that silently captured nothing would
+    make every "healthy means silent" test pass vacuously.
+    """
+    if not getattr(monitor, "health", False):
+        return
     inner = getattr(monitor, "_on_findings", None)
     if inner is None:
-        return
+        raise RuntimeError(
+            f"{type(monitor).__name__} has no `_on_findings(trainer, findings)` any more: update "
+            "tests/zoo/harness.py::_capture_findings to where the monitors now hand over their Finding objects."
+        )
 
     def recording(trainer: pl.Trainer, found: Sequence[Any]) -> None:
-        sink.extend(found)
+        sink.extend(f for f in found if not getattr(f, "info", False))  # information (e.g. grad_zero) is no finding
         inner(trainer, found)
 
     monitor._on_findings = recording  # type: ignore[attr-defined]
@@ -299,16 +308,17 @@ def first_flagged(run: ZooRun) -> dict[str, int]:
 def check_consistent(run: ZooRun) -> None:
     """Assert that the event files and the captured findings tell the same story, step by step.
 
-    For every rule some finding reported: the ``health/{rule}`` scalar exists and its value at each logged step is
-    the number of distinct layers that step's findings flag. (Scalars no finding ever matched, such as counts of
-    informational reports, are not compared.)
+    Every ``health/{rule}`` count at every logged step is the number of distinct layers that step's findings flag
+    (so a count the findings do not explain, or findings without a count, fail), and every rule some finding
+    reported has its scalar.
     """
     per_step: dict[tuple[str, int], set[str]] = {}
     for f in run.captured:
         per_step.setdefault((_key(f), int(f.step)), set()).update(f.layers)
     for rule in sorted({key for key, _ in per_step}):
-        tag = f"health/{rule}"
-        assert tag in run.health, f"findings of rule {rule!r} but no {tag} scalar in {run.log_dir}"
-        for step, value in run.health[tag].items():
+        assert f"health/{rule}" in run.health, f"findings of rule {rule!r} but no health/{rule} scalar in {run.log_dir}"
+    for tag, values in run.health.items():
+        rule = tag.removeprefix("health/")
+        for step, value in values.items():
             expected = len(per_step.get((rule, step), set()))
             assert value == expected, f"{tag} = {value} at step {step}, but the findings flag {expected} layers"

@@ -275,11 +275,8 @@ def merge_table(
             out[name] = merge_norms(extras[:, :, j])
         offset += p * e
     if "row_spread" in stats:
-        numerator = torch.where(
-            torch.tensor([i.spread == "none" for i in infos], dtype=torch.bool, device=gathered.device),
-            math.nan,
-            merged["spread"],
-        )
+        undefined = torch.tensor([i.spread == "none" for i in infos], dtype=torch.bool, device=gathered.device)
+        numerator = merged["spread"]
         by_columns = [k for k, i in enumerate(infos) if i.spread == "columns"]
         if by_columns:
             total = sum(infos[k].columns for k in by_columns)
@@ -295,7 +292,8 @@ def merge_table(
             numerator = numerator.index_copy(0, torch.tensor(by_columns, device=gathered.device), spreads)
         scale = merged["abs_max"]
         ratio = numerator / scale.clamp_min(torch.finfo(torch.float32).tiny)
-        out["row_spread"] = torch.where(scale == 0, torch.zeros_like(scale), ratio)  # 0 for an all-zero weight
+        spread = torch.where(scale == 0, torch.zeros_like(scale), ratio)  # 0 for an all-zero weight
+        out["row_spread"] = torch.where(undefined, math.nan, spread)  # NaN: not defined (a bias, one row)
     return out
 
 

@@ -29,7 +29,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 import lightning.pytorch as pl
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 sys.path.insert(0, {root!r})
 from lightning_init import ActivationMonitor, GradientMonitor, WeightInit, WeightMonitor, init_module
 
@@ -65,6 +65,15 @@ class Net(pl.LightningModule):
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def train_dataloader(self):
+        g = torch.Generator().manual_seed(1)
+        data = TensorDataset(torch.randn(64, 8, generator=g), torch.randn(64, 1, generator=g))
+        if not SHARDED:
+            return DataLoader(data, batch_size=8)  # the global batch of the sharded run
+        # rank r: samples r, r + 2, ... in order (Lightning's own DistributedSampler would shuffle them)
+        sampler = DistributedSampler(data, num_replicas=2, rank=self.global_rank, shuffle=False)
+        return DataLoader(data, batch_size=4, sampler=sampler)
 
 
 class Probe(pl.Callback):
@@ -117,19 +126,14 @@ class Probe(pl.Callback):
 if __name__ == "__main__":
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(64, 8, generator=g)
-    y = torch.randn(64, 1, generator=g)
     if SHARDED:
         from lightning.pytorch.strategies import ModelParallelStrategy
 
         strategy = ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1, process_group_backend="gloo",
                                          timeout=timedelta(seconds=120))
         extra = dict(devices=2, strategy=strategy)
-        batch_size = 4  # per rank: rank r gets samples r, r + 2, ... (DistributedSampler, no shuffle)
     else:
         extra = dict(devices=1)
-        batch_size = 8  # the global batch of the sharded run
     probe = Probe()
     monitors = [WeightMonitor(every_n_steps=2), GradientMonitor(every_n_steps=2), ActivationMonitor(every_n_steps=2)]
     init = WeightInit("kaiming_normal", nonlinearity="relu", seed=0, rules=[{{"name": "head", "scheme": "skip"}}])
@@ -137,7 +141,7 @@ if __name__ == "__main__":
     trainer = pl.Trainer(accelerator="cpu", logger=logger, log_every_n_steps=1, max_steps=4,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          callbacks=[init, probe, *monitors], **extra)
-    trainer.fit(Net(), DataLoader(TensorDataset(x, y), batch_size=batch_size))
+    trainer.fit(Net())
     tag = f"sharded{{trainer.global_rank}}" if SHARDED else "plain"
     torch.save(probe.initial, f"{{OUT}}/initial_{{tag}}.pt")
     health = {{m.kind: m._tracker.state_dict()["warned"] for m in monitors}}

@@ -81,6 +81,7 @@ def _tensors() -> list[torch.Tensor]:
         torch.zeros(4, 4),  # all-zero weight: spread 0
         torch.ones(5, 3),  # symmetric: every row the same
         torch.randn(1, generator=g),  # one element: std 0
+        torch.zeros(5),  # a zero bias: row spread not defined (NaN), not "symmetric"
     ]
 
 

@@ -4,8 +4,10 @@ Weight initialization (``WeightInit``, ``init_module``) and per-layer monitors (
 ``ActivationMonitor``, ``GradientMonitor``) with health verdicts, as PyTorch Lightning callbacks.
 """
 
-from lightning_init.callbacks.monitors import ActivationMonitor, GradientMonitor, WeightMonitor
+from lightning_init.callbacks.activation_monitor import ActivationMonitor
+from lightning_init.callbacks.gradient_monitor import GradientMonitor
 from lightning_init.callbacks.weight_init import WeightInit
+from lightning_init.callbacks.weight_monitor import WeightMonitor
 from lightning_init.health import Finding, HealthError, HealthThresholds
 from lightning_init.init import InitReport, LayerInit, init_module
 from lightning_init.lsuv import LSUVLayer, LSUVReport, LSUVSkipped, lsuv_

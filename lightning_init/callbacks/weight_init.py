@@ -19,6 +19,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
+from lightning_init.callbacks._compat import sharded_strategy
 from lightning_init.init import InitReport, init_module
 from lightning_init.lsuv import check_lsuv_args
 from lightning_init.rules import InitRule, as_rules
@@ -170,7 +171,7 @@ class WeightInit(Callback):
     def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
         if stage != "fit":
             return
-        refused = _refused_strategy(trainer.strategy, model_parallel=False)
+        refused = sharded_strategy(trainer.strategy, model_parallel=False)
         if refused is not None:
             raise RuntimeError(
                 f"WeightInit cannot initialize parameters under {refused}: it flattens them into shards. Use "
@@ -178,7 +179,7 @@ class WeightInit(Callback):
                 "call `lightning_init.init_module(self, ...)` (same scheme and parameters) inside your "
                 "LightningModule's `configure_model` instead."
             )
-        if self._data_dependent and _refused_strategy(trainer.strategy) is not None:
+        if self._data_dependent and sharded_strategy(trainer.strategy) is not None:
             raise RuntimeError(
                 f"WeightInit(scheme={self.scheme!r}) cannot run LSUV under {type(trainer.strategy).__name__}: LSUV "
                 "rescales each layer from forward passes of whole weights, which a sharded model does not hold. Call "
@@ -286,16 +287,3 @@ def _broadcast_from_rank_zero(trainer: "pl.Trainer", module: torch.nn.Module) ->
 
 def _uses_auto(scheme: str, rules: list[InitRule]) -> bool:
     return scheme == "auto" or any(r.scheme == "auto" for r in rules)
-
-
-def _refused_strategy(strategy: object, *, model_parallel: bool = True) -> str | None:
-    """The name of ``strategy``'s class when it shards parameters, else ``None``.
-
-    FSDPStrategy (FSDP1) and DeepSpeedStrategy flatten parameters into shards; ``model_parallel`` also names
-    ModelParallelStrategy (FSDP2 / tensor parallel: ``DTensor`` parameters, see :mod:`lightning_init.sharded`).
-    """
-    from lightning.pytorch import strategies
-
-    names = ("FSDPStrategy", "DeepSpeedStrategy", *(("ModelParallelStrategy",) if model_parallel else ()))
-    refused = tuple(cls for cls in (getattr(strategies, n, None) for n in names) if isinstance(cls, type))
-    return type(strategy).__name__ if isinstance(strategy, refused) else None

@@ -61,8 +61,12 @@ def amp_state(trainer: "pl.Trainer", optimizer: torch.optim.Optimizer) -> tuple[
     return found, scale
 
 
-def sharded_strategy(strategy: object) -> str | None:
+def sharded_strategy(strategy: object, *, model_parallel: bool = True) -> str | None:
     """The name of ``strategy``'s class when it shards parameters (FSDP, DeepSpeed, ModelParallel), else ``None``.
+
+    FSDPStrategy (FSDP1) and DeepSpeedStrategy flatten parameters into shards; ``model_parallel=False`` leaves out
+    ModelParallelStrategy, whose FSDP2 / tensor-parallel parameters are ``DTensor``s (see
+    :mod:`lightning_init.sharded`).
 
     Not a private attribute but the one place that knows which strategies shard: Lightning has no public
     "does this strategy shard parameters" property, so the classes are named. ``getattr`` because DeepSpeed /
@@ -70,7 +74,7 @@ def sharded_strategy(strategy: object) -> str | None:
     """
     from lightning.pytorch import strategies
 
-    names = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")
+    names = ("FSDPStrategy", "DeepSpeedStrategy", *(("ModelParallelStrategy",) if model_parallel else ()))
     refused = tuple(cls for cls in (getattr(strategies, n, None) for n in names) if isinstance(cls, type))
     return type(strategy).__name__ if isinstance(strategy, refused) else None
 

@@ -243,3 +243,20 @@ def test_weight_init_refuses_what_sharding_cannot_do(strategy, scheme, match):
     with pytest.raises(RuntimeError, match=match):
         WeightInit(scheme).setup(trainer, None, "fit")
     WeightInit("auto").setup(SimpleNamespace(strategy=strategies.ModelParallelStrategy()), None, "fit")  # fine
+
+
+def test_init_sharded_handles_any_placement_including_a_2d_mesh(one_process_group):
+    from torch import nn
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+
+    from lightning_init import init_module
+    from lightning_init.sharded import init_sharded_
+
+    mesh = init_device_mesh("cpu", (1, 1), mesh_dim_names=("replicate", "shard"))  # HSDP's layout
+    net, reference = nn.Linear(5, 7), nn.Linear(5, 7)
+    for name, p in list(net.named_parameters()):
+        setattr(net, name, nn.Parameter(distribute_tensor(p.detach(), mesh, [Replicate(), Shard(0)])))
+    init_sharded_(net, lambda m: init_module(m, "xavier_normal", seed=5))
+    init_module(reference, "xavier_normal", seed=5)
+    assert torch.equal(net.weight.to_local(), reference.weight.detach())

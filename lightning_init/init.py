@@ -44,14 +44,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_init.activations import (
-    Follower,
-    is_layer,
-    is_norm,
-    nonlinearity_of,
-    sequential_followers,
-    traced_followers,
-)
+from lightning_init.activations import Follower, is_layer, is_norm, nonlinearity_of
+from lightning_init.graph import sequential_followers, traced_followers
 from lightning_init.lsuv import LSUV_LAYER_TYPES, LSUVReport, check_lsuv_args, lsuv_
 from lightning_init.rules import InitRule, as_rules, check_all_match, first_match
 from lightning_init.schemes import (

@@ -28,6 +28,7 @@ This module never imports Lightning.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -71,6 +72,13 @@ TRANSPARENT_FUNCTIONS: frozenset[str] = frozenset(
 
 #: Calls that read a tensor's shape, not its values (ignored as consumers in a symbolic graph).
 _SHAPE_QUERIES: frozenset[str] = frozenset({"size", "dim", "numel", "getattr", "shape"})
+
+#: Functions and modules (by name) that turn a layer's output into probabilities or a classification loss: the layer
+#: computes logits (its follower is ``("softmax", None)``: a readout).
+LOGIT_CONSUMERS: frozenset[str] = frozenset(
+    {"softmax", "log_softmax", "cross_entropy", "nll_loss", "binary_cross_entropy_with_logits", "Softmax", "LogSoftmax"}
+    | {"CrossEntropyLoss", "NLLLoss", "BCEWithLogitsLoss"}
+)
 
 #: Functions (by name) that add two tensors: where a residual branch meets its shortcut.
 ADD_FUNCTIONS: frozenset[str] = frozenset({"add", "add_", "__add__", "__radd__", "__iadd__"})
@@ -362,6 +370,8 @@ def is_atomic(module: nn.Module) -> bool:
 
 
 def _module_role(module: nn.Module) -> tuple[Role, Follower | None]:
+    if type(module).__name__ in LOGIT_CONSUMERS:
+        return "activation", ("softmax", None)
     kind = classify(module)
     if kind is not None and kind[0] != "identity":
         return "activation", kind
@@ -382,6 +392,8 @@ def _function_role(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> 
             raw = kwargs.get("negative_slope", args[1] if len(args) > 1 else 0.01)
             slope = float(raw) if isinstance(raw, (int, float)) else None
         return "activation", (nl, slope)
+    if name in LOGIT_CONSUMERS:
+        return "activation", ("softmax", None)
     return ("transparent", None) if name in TRANSPARENT_FUNCTIONS else ("other", None)
 
 
@@ -398,13 +410,14 @@ def _tensors(obj: Any) -> Iterator[Tensor]:
         yield from _tensors(obj.to_tuple())
 
 
-def _to_device(obj: Any, device: torch.device) -> Any:
+def to_device(obj: Any, device: torch.device) -> Any:
+    """``obj`` (a tensor, or lists / tuples / dicts of them) moved to ``device``; anything else as it is."""
     if isinstance(obj, Tensor):
         return obj.to(device)
     if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_device(o, device) for o in obj)
+        return type(obj)(to_device(o, device) for o in obj)
     if isinstance(obj, dict):
-        return {k: _to_device(v, device) for k, v in obj.items()}
+        return {k: to_device(v, device) for k, v in obj.items()}
     return obj
 
 
@@ -515,7 +528,9 @@ def trace(root: nn.Module, example_input: Any) -> DataFlow:
         with torch.random.fork_rng(devices=cuda), torch.no_grad():
             for m in modes:
                 m.training = False
-            x = _to_device(example_input, device)
+            x = to_device(example_input, device)
+            if any(isinstance(p, nn.parameter.UninitializedParameter) for p in root.parameters()):
+                call_with(root, x)  # materialize lazy modules first: their shapes are unknown until a forward
             for t in _tensors(x):
                 node = b.add(Node(0, "input", "input", out_shapes=(tuple(t.shape),)))
                 b.producer[id(t)] = node.index
@@ -552,7 +567,9 @@ def symbolic(root: nn.Module) -> DataFlow | None:
             return is_atomic(m)
 
     try:
-        graph = _Tracer().trace(root)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a model that does not trace may warn on the way out
+            graph = _Tracer().trace(root)
     except Exception:  # any failure to trace symbolically means: use a traced forward instead
         return None
     modules = dict(root.named_modules())

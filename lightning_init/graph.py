@@ -138,11 +138,14 @@ class DataFlow:
         nodes: Every node, in topological (= recording) order.
         kind: ``"traced"`` (a forward ran: shapes known) or ``"symbolic"`` (``torch.fx``: no shapes).
         embeddings: Qualified names of the embedding modules (not counted as weight layers of a residual branch).
+        logits: Nodes whose output a module returned under a ``logits`` key (a Hugging Face ``ModelOutput``'s
+            ``logits``, ``start_logits``...): the API says they are logits, so the layer producing them is a readout.
     """
 
     nodes: list[Node] = field(default_factory=list)
     kind: Literal["traced", "symbolic"] = "traced"
     embeddings: frozenset[str] = frozenset()
+    logits: frozenset[int] = frozenset()
     _consumers: list[list[int]] | None = field(default=None, repr=False)
 
     def consumers(self, index: int) -> list[int]:
@@ -177,6 +180,8 @@ class DataFlow:
         stack = [start]
         while stack:
             i = stack.pop()
+            if i in self.logits:
+                found.add(("softmax", None))
             nxt = [c for c in self.consumers(i) if self._carries_signal(c)]
             if not nxt:
                 found.add(("linear", None))  # the model's output (or consumed by nothing that carries a signal)
@@ -516,9 +521,21 @@ def trace(root: nn.Module, example_input: Any) -> DataFlow:
             node = b.add(Node(0, role, names[id(m)], ins, shapes, follower=follower, module=True))
             b.outputs(node, output)
 
+    logits: set[int] = set()
+
+    def returned(m: nn.Module, args: Any, output: Any) -> None:
+        keys = output.keys() if isinstance(output, dict) or hasattr(output, "to_tuple") else ()
+        for key in keys:
+            value = output[key]
+            if "logits" in str(key) and isinstance(value, Tensor) and id(value) in b.producer:
+                logits.add(b.producer[id(value)])
+
     for _, m in atomic:
         handles.append(m.register_forward_pre_hook(pre, with_kwargs=True))
         handles.append(m.register_forward_hook(post, with_kwargs=True))
+    for _, m in root.named_modules():
+        if not is_atomic(m):
+            handles.append(m.register_forward_hook(returned))
 
     modes = {m: m.training for m in root.modules()}
     param = next((p for p in root.parameters() if not isinstance(p, nn.parameter.UninitializedParameter)), None)
@@ -543,6 +560,7 @@ def trace(root: nn.Module, example_input: Any) -> DataFlow:
         for m, training in modes.items():
             m.training = training
     b.flow.embeddings = _embedding_names(root)
+    b.flow.logits = frozenset(logits)
     return b.flow
 
 

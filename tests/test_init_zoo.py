@@ -210,3 +210,13 @@ def test_transposed_conv_keeps_the_variance_level():
             ratio = model[0](x).var().item() / x.var().item()
         assert ratio == pytest.approx(2.0, rel=0.1)  # Kaiming for ReLU: output variance = 2 x input variance
         assert "ConvTranspose: fan_in" in report.rows[0].note
+
+
+def test_readme_auto_table_is_what_the_script_prints():
+    from pathlib import Path
+
+    from benchmarks.auto_table import choices_table
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for line in choices_table(["resnet18_zero_init_last", "gpt2"])[2:]:
+        assert line in readme, f"README's auto table is stale (run python -m benchmarks.auto_table --write): {line}"

@@ -220,3 +220,17 @@ def test_readme_auto_table_is_what_the_script_prints():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     for line in choices_table(["resnet18_zero_init_last", "gpt2"])[2:]:
         assert line in readme, f"README's auto table is stale (run python -m benchmarks.auto_table --write): {line}"
+
+
+@pytest.mark.parametrize(
+    ("name", "act"),
+    [("gpt2", "net.transformer.h.0.mlp.act"), ("bert", "net.bert.encoder.layer.0.intermediate.intermediate_act_fn")],
+)
+def test_activation_monitor_sees_hf_activation_modules(name, act):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from tests.zoo.harness import cached_run
+
+    run = cached_run(name)
+    tags = EventAccumulator(str(run.log_dir)).Reload().Tags()["scalars"]
+    assert f"activation_std/{act}" in tags

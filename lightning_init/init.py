@@ -506,6 +506,26 @@ def _owners(module: nn.Module) -> dict[int, list[tuple[str, str, nn.Module, str]
     return owners
 
 
+def _normalized_before_a_layer(flow: DataFlow | None, embedding: str) -> bool:
+    """Whether every path from ``embedding``'s output meets a norm before any weight layer (transformers)."""
+    if flow is None or not flow.calls(embedding):
+        return True  # no data flow: the transformer case, the common one for tied embeddings
+    for call in flow.calls(embedding):
+        stack, seen = [call.index], {call.index}
+        while stack:
+            i = stack.pop()
+            for c in flow.consumers(i):
+                node = flow.nodes[c]
+                if node.role == "norm":
+                    continue
+                if node.role == "layer":
+                    return False
+                if c not in seen:
+                    seen.add(c)
+                    stack.append(c)
+    return True
+
+
 def _readout_embeddings(flow: DataFlow | None, tied_embeddings: set[str]) -> set[str]:
     """Embeddings whose output is added to a tied embedding's output before any layer (``wpe`` next to ``wte``)."""
     if flow is None or not tied_embeddings:
@@ -590,6 +610,8 @@ def plan_init(
             tied_embeddings |= {mn for _, mn, mod, _ in owned if isinstance(mod, (nn.Embedding, nn.EmbeddingBag))}
             readout_layers |= {mn for _, mn, mod, pn in owned if param_role(mod, pn, mod._parameters[pn]) == "weight"}  # type: ignore[arg-type]
     summed_embeddings = _readout_embeddings(flow, tied_embeddings)
+    raw = {name for name in tied_embeddings if not _normalized_before_a_layer(flow, name)}
+    raw_ids = {id(m.weight) for n, m in module.named_modules() if n in raw}
 
     # Residual presets: per layer / norm, what changes.
     preset_scale: dict[str, tuple[float, str]] = {}
@@ -683,7 +705,7 @@ def plan_init(
         auto = rule is None and sch == "auto"
         for entry in mine:
             if auto:
-                _tie(entry, mname, tied_embeddings, readout_layers, summed_embeddings)
+                _tie(entry, mname, tied_embeddings, readout_layers, summed_embeddings, id(entry.tensor) in raw_ids)
             _preset(entry, mname, preset_scale, preset_zero_layers, preset_zero_norms)
         entries += mine
 
@@ -812,10 +834,25 @@ def _resolve(
 
 
 def _tie(
-    entry: ParamPlan, mname: str, tied_embeddings: set[str], readout_layers: set[str], summed_embeddings: set[str]
+    entry: ParamPlan,
+    mname: str,
+    tied_embeddings: set[str],
+    readout_layers: set[str],
+    summed_embeddings: set[str],
+    raw: bool,
 ) -> None:
-    """Under ``auto``: a tensor tied between an embedding and an output layer is the readout for both roles."""
-    if entry.kind == "embedding" and mname in tied_embeddings and entry.tied:
+    """Under ``auto``: a tensor tied between an embedding and an output layer gets one scheme right for both roles.
+
+    Its embedding output normalized before any layer (transformers): the readout, std ``1/d`` (the embedding role
+    is scale-free). Its embedding output feeding a layer as it is (an RNN LM): Xavier on ``(d, vocab)``, a
+    compromise that keeps both the RNN's input and the logits at a moderate scale.
+    """
+    if raw and ((entry.kind == "embedding" and mname in tied_embeddings) or mname in readout_layers) and entry.tied:
+        entry.scheme, entry.params = "xavier_normal", {"gain": 1.0}
+        entry.label = "auto: xavier_normal (tied embedding + output)"
+        entry.fan_in, entry.fan_out = int(entry.tensor.shape[1]), int(entry.tensor.shape[0])
+        entry.note = "tied: its embedding output feeds a layer unnormalized, so Xavier serves both roles"
+    elif entry.kind == "embedding" and mname in tied_embeddings and entry.tied:
         entry.scheme, entry.params, entry.label = READOUT, {}, "auto: readout N(0, 1/d^2) (tied embedding + output)"
         entry.fan_in, entry.fan_out = int(entry.tensor.shape[1]), int(entry.tensor.shape[0])
         entry.note = "tied: one tensor for the embedding and the output layer; the readout keeps the logits near 0"

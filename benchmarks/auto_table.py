@@ -157,7 +157,7 @@ def _loader_of(name: str) -> object:
 def training_table() -> list[str]:
     """Loss at init vs chance and after 30 steps of the zoo's AdamW, auto (and presets) vs the model's HF init."""
     lines = [
-        "| model | chance ln(C) | init | loss at init | loss after 30 steps (mean of last 3) | ratio to HF init |",
+        "| model | chance ln(C) | init | loss at init | loss after 30 steps (mean of last 3) | ratio to the own init |",
         "|---|---|---|---|---|---|",
     ]
     from tests.zoo import data

@@ -63,9 +63,15 @@ def test_lazy_model_with_example_input_every_scheme_and_all_monitors(scheme, tmp
         assert rows["net.0.weight"].actual_std == pytest.approx(math.sqrt(2 / 300), rel=0.05)  # 76800 samples
 
 
-def test_lazy_model_without_example_input_is_initialized_at_the_first_batch():
+def test_lazy_model_without_example_input_is_initialized_at_the_first_batch(tmp_path):
     model, cb, first = LazyNet(example=False), WeightInit("auto", seed=0), FirstWeights()
-    quiet_trainer(max_steps=1, callbacks=[cb, first], logger=False).fit(model)
+    monitors = [WeightMonitor(every_n_steps=1), ActivationMonitor(every_n_steps=1), GradientMonitor(every_n_steps=1)]
+    logger = TensorBoardLogger(tmp_path, name="tb")
+    trainer = quiet_trainer(max_steps=2, callbacks=[cb, first, *monitors], logger=logger, default_root_dir=tmp_path)
+    trainer.fit(model)  # the monitors skip the parameters until the first batch materializes them
+    tags = EventAccumulator(logger.log_dir).Reload().Tags()["scalars"]
+    assert "grad_norm/net.0.weight" in tags
+    assert "weight_std/net.0.weight" in tags
     assert cb.report is not None
     row = {r.layer: r for r in cb.report.rows}["net.0.weight"]
     assert row.fan_in == 300

@@ -345,8 +345,10 @@ def init_sharded_(module: nn.Module, init: Callable[[nn.Module], _T]) -> _T:
     parameter ``init`` did not write (still all NaN: a ``skip`` rule, ``only_rules``) keeps its values; the
     current values are never gathered, so ``init`` must not read a parameter before writing it.
 
-    Peak memory: one whole-shape copy of every sharded parameter per process, for the duration of ``init``. ``init``
-    must not run the module's forward (FSDP2's hooks would put the sharded parameters back mid-way).
+    Peak memory: one whole-shape copy of every sharded parameter per process, for the duration of ``init``. If
+    ``init`` runs the module (a data-flow trace, a probe forward), FSDP2's forward hooks must be paused meanwhile
+    (``WeightInit`` does, with ``lightning_init.callbacks._compat.suspended_fsdp_hooks``): they would put the sharded
+    parameters back mid-way.
 
     Args:
         module: a module whose parameters are (partly) ``DTensor``s; plain parameters are passed through untouched.

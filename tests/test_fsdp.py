@@ -54,6 +54,7 @@ class Net(pl.LightningModule):
             mesh = self.device_mesh["data_parallel"]
             for layer in (self.body[0], self.body[2], self.head):
                 fully_shard(layer, mesh=mesh)
+            fully_shard(self.body, mesh=mesh)  # a non-leaf FSDP unit: auto's fx trace enters it
             fully_shard(self, mesh=mesh)
 
     def forward(self, x):
@@ -136,7 +137,7 @@ if __name__ == "__main__":
         extra = dict(devices=1)
     probe = Probe()
     monitors = [WeightMonitor(every_n_steps=2), GradientMonitor(every_n_steps=2), ActivationMonitor(every_n_steps=2)]
-    init = WeightInit("kaiming_normal", nonlinearity="relu", seed=0, rules=[{{"name": "head", "scheme": "skip"}}])
+    init = WeightInit("auto", seed=0, rules=[{{"name": "head", "scheme": "skip"}}])
     logger = pl.loggers.TensorBoardLogger(OUT, name="", version="tb_sharded" if SHARDED else "tb_plain")
     trainer = pl.Trainer(accelerator="cpu", logger=logger, log_every_n_steps=1, max_steps=4,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,

@@ -9,6 +9,9 @@ torch-only helpers without importing Lightning.
 from __future__ import annotations
 
 import sys
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -25,6 +28,7 @@ __all__ = [
     "logger_prefix",
     "optimized_module_type",
     "sharded_strategy",
+    "suspended_fsdp_hooks",
 ]
 
 
@@ -119,3 +123,31 @@ def logger_prefix(logger: Any) -> str:
     """
     prefix = getattr(logger, "_prefix", "")
     return prefix if isinstance(prefix, str) else ""
+
+
+@contextmanager
+def suspended_fsdp_hooks(module: nn.Module) -> Iterator[None]:
+    """Run the body with the forward hooks of every FSDP2 module under ``module`` taken away, then put them back.
+
+    Private: ``nn.Module._forward_pre_hooks`` / ``_forward_hooks``. ``fully_shard`` registers its unshard/reshard
+    hooks on the module and keeps the handles in its private state; torch has no public way to pause them. While
+    ``WeightInit`` initializes whole-shape copies of the sharded parameters
+    (:func:`lightning_init.sharded.init_sharded_`), a data-flow trace (``torch.fx`` or a probe forward of ``example_input_array``) would otherwise run FSDP's
+    pre-forward hook: an all-gather that puts the sharded parameters back mid-init and FSDP's one-time lazy init
+    outside training ("FSDP state has already been lazily initialized" at the first real forward).
+    """
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # pragma: no cover - torch without FSDP2
+        yield
+        return
+    saved = []
+    for m in module.modules():
+        if isinstance(m, FSDPModule):
+            saved.append((m, m._forward_pre_hooks, m._forward_hooks))
+            m._forward_pre_hooks, m._forward_hooks = OrderedDict(), OrderedDict()
+    try:
+        yield
+    finally:
+        for m, pre, post in saved:
+            m._forward_pre_hooks, m._forward_hooks = pre, post

@@ -19,7 +19,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
-from lightning_init.callbacks._compat import sharded_strategy
+from lightning_init.callbacks._compat import sharded_strategy, suspended_fsdp_hooks
 from lightning_init.graph import call_with, to_device
 from lightning_init.init import RESIDUAL_PRESETS, InitReport, ResidualPreset, init_module, materialize_
 from lightning_init.lsuv import check_lsuv_args, default_forward
@@ -50,10 +50,9 @@ class WeightInit(Callback):
     - **ModelParallelStrategy (FSDP2 ``fully_shard``, tensor parallel):** every rank runs the initializer on
       whole-shape copies of the sharded parameters, drawn from one stream (``seed``, or a seed drawn on rank 0 and
       broadcast), and keeps its own shard: the sharded model holds bit for bit what the unsharded model initialized
-      with that seed holds (:func:`lightning_init.sharded.init_sharded_`; peak memory: one whole copy of the
-      parameters per rank during init). ``auto``'s probe forward of ``example_input_array`` is not run on a
-      sharded model (followers come from ``nn.Sequential`` order); LSUV is refused. For exactly the unsharded
-      ``auto`` result, for LSUV, or for a model too large for one whole copy, call
+      with that seed holds (:func:`lightning_init.sharded.init_sharded_`; FSDP2's hooks are paused meanwhile, so
+      ``auto``'s data-flow trace runs on the copies; peak memory: one whole copy of the parameters per rank during
+      init). LSUV is refused. For LSUV, or for a model too large for one whole copy, call
       ``lightning_init.init_module(self, ..., seed=...)`` inside ``configure_model`` before ``fully_shard``.
     - **FSDPStrategy (FSDP1) / DeepSpeed:** refused (parameters are flattened shards); use ``ModelParallelStrategy``
       with ``fully_shard``, or ``init_module`` inside ``configure_model``.
@@ -239,15 +238,6 @@ class WeightInit(Callback):
         seed = self.seed
         if sharded and seed is None:  # one stream for every rank's shards: rank 0's OS-seeded draw
             seed = int(trainer.strategy.broadcast(secrets.randbits(62)))
-        example = pl_module.example_input_array
-        if sharded and example is not None and _uses_auto(self.scheme, self.rules):
-            example = None  # FSDP2's hooks would unshard mid-init; followers come from nn.Sequential order
-            rank_zero_warn(
-                "WeightInit: the model is sharded, so `auto` does not run its probe forward of "
-                "`example_input_array`; followers are read from nn.Sequential order (see the report). For the "
-                "unsharded result, call `lightning_init.init_module(self, 'auto', example_input=..., seed=...)` in "
-                "`configure_model` before `fully_shard`."
-            )
 
         def run(module: torch.nn.Module) -> InitReport:
             return init_module(
@@ -256,7 +246,7 @@ class WeightInit(Callback):
                 rules=self.rules,
                 bias=self.bias,
                 seed=seed,
-                example_input=example,
+                example_input=pl_module.example_input_array,
                 only_rules=self.weights_loaded,
                 lsuv_batch=batch,
                 lsuv_forward=_lsuv_forward(pl_module),
@@ -268,7 +258,11 @@ class WeightInit(Callback):
 
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            report = init_sharded_(pl_module, run) if sharded else run(pl_module)
+            if sharded:  # whole-shape copies, FSDP2's hooks paused: a data-flow trace runs on the copies only
+                with suspended_fsdp_hooks(pl_module):
+                    report = init_sharded_(pl_module, run)
+            else:
+                report = run(pl_module)
         if not sharded:
             _broadcast_from_rank_zero(trainer, pl_module)
         self._applied, self._pending, self.report = True, False, report
@@ -304,7 +298,3 @@ def _broadcast_from_rank_zero(trainer: "pl.Trainer", module: torch.nn.Module) ->
         return
     for tensor in [*module.parameters(), *module.buffers()]:
         torch.distributed.broadcast(tensor.data, src=0)
-
-
-def _uses_auto(scheme: str, rules: list[InitRule]) -> bool:
-    return scheme == "auto" or any(r.scheme == "auto" for r in rules)

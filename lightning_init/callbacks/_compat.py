@@ -132,9 +132,9 @@ def suspended_fsdp_hooks(module: nn.Module) -> Iterator[None]:
     Private: ``nn.Module._forward_pre_hooks`` / ``_forward_hooks``. ``fully_shard`` registers its unshard/reshard
     hooks on the module and keeps the handles in its private state; torch has no public way to pause them. While
     ``WeightInit`` initializes whole-shape copies of the sharded parameters
-    (:func:`lightning_init.sharded.init_sharded_`), a data-flow trace (``torch.fx`` or a probe forward of ``example_input_array``) would otherwise run FSDP's
-    pre-forward hook: an all-gather that puts the sharded parameters back mid-init and FSDP's one-time lazy init
-    outside training ("FSDP state has already been lazily initialized" at the first real forward).
+    (:func:`lightning_init.sharded.init_sharded_`), a data-flow trace (``torch.fx`` or a probe forward of
+    ``example_input_array``) would otherwise run FSDP's pre-forward hook: an all-gather that puts the sharded
+    parameters back mid-init and FSDP's one-time lazy init outside training ("FSDP state has already been lazily initialized" at the first real forward).
     """
     try:
         from torch.distributed.fsdp import FSDPModule

@@ -134,7 +134,8 @@ def suspended_fsdp_hooks(module: nn.Module) -> Iterator[None]:
     ``WeightInit`` initializes whole-shape copies of the sharded parameters
     (:func:`lightning_init.sharded.init_sharded_`), a data-flow trace (``torch.fx`` or a probe forward of
     ``example_input_array``) would otherwise run FSDP's pre-forward hook: an all-gather that puts the sharded
-    parameters back mid-init and FSDP's one-time lazy init outside training ("FSDP state has already been lazily initialized" at the first real forward).
+    parameters back mid-init and FSDP's one-time lazy init outside training ("FSDP state has already been lazily
+    initialized" at the first real forward).
     """
     try:
         from torch.distributed.fsdp import FSDPModule

@@ -44,8 +44,10 @@ def row_spread(weight: Tensor) -> Tensor:
 #: Statistics of a weight tensor (``weight_{stat}/{param}``). ``row_spread`` is computed only on request (not logged by
 #: default): it feeds the "symmetric" health verdict.
 WeightStat = Literal["mean", "std", "norm", "abs_max", "update_ratio", "row_spread"]
-#: Statistics of a gradient tensor (``grad_{stat}/{param}``), plus the ``grad_norm/total`` row.
-GradStat = Literal["norm", "mean", "std", "abs_max", "nonfinite", "ratio"]
+#: Statistics of a gradient tensor (``grad_{stat}/{param}``), plus the ``grad_norm/total`` row. ``output_grad`` is the
+#: backprop signal ``dL/dh`` of each module output (``output_grad_norm/{module}``, ``output_grad_std/{module}``, see
+#: :func:`output_grad_stats`); it needs backward hooks, so it is computed only on request (not logged by default).
+GradStat = Literal["norm", "mean", "std", "abs_max", "nonfinite", "ratio", "output_grad"]
 #: Statistics of a module output (``activation_{stat}/{module}``).
 ActivationStat = Literal["mean", "std", "abs_max", "zero_fraction", "saturation", "nonfinite"]
 
@@ -54,7 +56,7 @@ GRAD_STATS: tuple[str, ...] = get_args(GradStat)
 ACTIVATION_STATS: tuple[str, ...] = get_args(ActivationStat)
 #: What each monitor logs by default.
 DEFAULT_WEIGHT_STATS: tuple[str, ...] = ("mean", "std", "norm", "abs_max", "update_ratio")
-DEFAULT_GRAD_STATS: tuple[str, ...] = GRAD_STATS
+DEFAULT_GRAD_STATS: tuple[str, ...] = tuple(s for s in GRAD_STATS if s != "output_grad")
 DEFAULT_ACTIVATION_STATS: tuple[str, ...] = ACTIVATION_STATS
 
 #: A bounded activation's output is "saturated" when it lies closer than this to a bound of its range (in output
@@ -372,3 +374,27 @@ def activation_row(output: Tensor, bounds: tuple[float, float] | None = None) ->
             nonfinite.float(),
         ]
     )
+
+
+# ------------------------------------------------------------------------------------------ backprop signal
+
+#: Statistics of the backprop signal ``dL/dh`` of a module output ``h`` (``output_grad_{stat}/{module}``).
+OUTPUT_GRAD_STATS: tuple[str, ...] = ("norm", "std")
+
+
+def output_grad_stats(numel: float, mean: float, std: float, *, scale: float = 1.0) -> dict[str, float]:
+    """``norm`` (L2) and ``std`` of a module's ``dL/dh`` from its merged moments, divided by ``scale``.
+
+    ``numel``, ``mean`` and ``std`` (unbiased) describe every element of every call of the module over the step (all
+    accumulation micro-batches, all processes: :func:`lightning_init.reduce.merge_moments`), so
+    ``norm = sqrt((numel - 1) * std^2 + numel * mean^2)`` is the norm of ``dL/dh`` over the whole batch of the step
+    (the concatenation of the micro-batches' gradients; Lightning already divides each micro-batch's loss by the
+    number of micro-batches). ``scale`` undoes what multiplied the loss before backward: the GradScaler's loss scale
+    under ``precision="16-mixed"``, times the number of processes under DDP (whose gradients are averaged, so the
+    global loss is the mean of the processes' losses). Computed on the host in float64: no overflow for any float32
+    moments. NaN statistics for ``numel == 0``.
+    """
+    if numel <= 0 or scale <= 0:
+        return {"norm": math.nan, "std": math.nan}
+    squares = max(numel - 1.0, 0.0) * std * std + numel * mean * mean
+    return {"norm": math.sqrt(squares) / scale, "std": std / scale}

@@ -19,6 +19,7 @@ from lightning_init.health.thresholds import (
     _INF,
     DEAD_FRACTION,
     EXPLODING_ACTIVATION_RATIO,
+    EXPLODING_BACKPROP_GROWTH,
     EXPLODING_GRAD_GROWTH,
     EXPLODING_GRAD_NORM,
     SATURATED_FRACTION,
@@ -26,9 +27,11 @@ from lightning_init.health.thresholds import (
     UPDATE_RATIO_HIGH,
     UPDATE_RATIO_LOW,
     VANISHING_ACTIVATION_RATIO,
+    VANISHING_BACKPROP_RATIO,
     VANISHING_GRAD_FLOOR,
     VANISHING_GRAD_RATIO,
     _validate_activations,
+    _validate_backprop,
     _validate_grads,
     _validate_weights,
 )
@@ -43,6 +46,7 @@ __all__ = [
     "OnAnomaly",
     "Rule",
     "check_activations",
+    "check_backprop",
     "check_grads",
     "check_weights",
     "merge_findings",
@@ -58,12 +62,14 @@ Rule = Literal[
     "nonfinite",
     "symmetric",
     "update_ratio",
+    "vanishing_backprop",
+    "exploding_backprop",
 ]
 #: Every rule name, in documentation order.
 RULES: tuple[Rule, ...] = get_args(Rule)
 
 #: What a table describes; the prefixes of the monitors' tags (``weight_std``, ``grad_norm``, ``activation_std``).
-Kind = Literal["weight", "grad", "activation"]
+Kind = Literal["weight", "grad", "activation", "output_grad"]
 KINDS: tuple[Kind, ...] = get_args(Kind)
 
 #: What a monitor does on a finding: warn once per (rule, layer), stop training gracefully, or raise HealthError.
@@ -74,9 +80,15 @@ RULES_BY_KIND: dict[Kind, tuple[Rule, ...]] = {
     "weight": ("nonfinite", "symmetric", "update_ratio"),
     "grad": ("nonfinite", "vanishing_grad", "exploding_grad"),
     "activation": ("nonfinite", "vanishing_activation", "exploding_activation", "dead", "saturated"),
+    "output_grad": ("nonfinite", "vanishing_backprop", "exploding_backprop"),
 }
 
-_KIND_WORD: dict[Kind, str] = {"weight": "weights", "grad": "gradients", "activation": "activations"}
+_KIND_WORD: dict[Kind, str] = {
+    "weight": "weights",
+    "grad": "gradients",
+    "activation": "activations",
+    "output_grad": "backprop signals (dL/d output)",
+}
 
 
 @dataclass(frozen=True)
@@ -154,6 +166,24 @@ _M_GRAD_FLOOR = _case("vanishing_grad", "grad norm", "vanishing gradients", "<",
 _M_GRAD_CEILING = _case("exploding_grad", "grad norm (ceiling)", "exploding gradients", ">", _REMEDY_EXPLODING)
 _M_GRAD_GROWTH = _case(
     "exploding_grad", "grad norm relative to the smallest deeper layer's", "exploding gradients", ">", _REMEDY_EXPLODING
+)
+_M_BACKPROP_VANISHING = _case(
+    "vanishing_backprop",
+    "||dL/d output|| relative to the largest deeper layer's",
+    "vanishing backprop signal",
+    "<",
+    "The gradient with respect to the layer outputs shrinks on its way back to the input, so the early layers "
+    "barely learn: use Kaiming (He) init for ReLU layers and Xavier (Glorot) or orthogonal init for tanh/sigmoid "
+    "layers instead of a too-small std, or add normalization / residual connections.",
+)
+_M_BACKPROP_EXPLODING = _case(
+    "exploding_backprop",
+    "||dL/d output|| relative to the smallest deeper layer's",
+    "exploding backprop signal",
+    ">",
+    "The gradient with respect to the layer outputs grows on its way back to the input: use Kaiming (He) / Xavier "
+    "(Glorot) init instead of a too-large std, lower the learning rate, or clip gradients "
+    "(Trainer(gradient_clip_val=1.0)).",
 )
 _M_ACT_VANISHING = _case(
     "vanishing_activation",
@@ -492,4 +522,72 @@ def check_activations(
             sat = _get(row, "saturation")
             if sat is not None and sat > saturated_fraction:
                 out.append(_build("saturated", "activation", (name,), _M_SATURATED[nl], sat, saturated_fraction, step))
+    return out
+
+
+def check_backprop(
+    table: Mapping[str, Mapping[str, float]],
+    *,
+    step: int,
+    vanishing_backprop_ratio: float = VANISHING_BACKPROP_RATIO,
+    exploding_backprop_growth: float = EXPLODING_BACKPROP_GROWTH,
+) -> list[Finding]:
+    """Judge a backprop-signal table ``{module: {stat: value}}`` (``output_grad`` of GradientMonitor), input first.
+
+    ``norm`` is ``||dL/dh||`` of the module's output ``h`` over the step's batch. With ``n_i`` that of module ``i``:
+
+    - ``nonfinite``: ``nonfinite`` > 0 when logged, else ``abs_max`` NaN/Inf (left out of the profile);
+    - ``vanishing_backprop``: ``n_i < vanishing_backprop_ratio * max(n_j, j deeper than i)``: the signal shrank on
+      its way back to the input;
+    - ``exploding_backprop``: ``n_i > exploding_backprop_growth * min(n_j, j deeper)`` over positive ``n_j``.
+
+    Returns:
+        One finding per (rule, module), in table order.
+    """
+    _validate_backprop(vanishing_backprop_ratio, exploding_backprop_growth)
+    out: list[Finding] = []
+    profile: list[tuple[str, float]] = []
+    for name, row in table.items():
+        bad = _nonfinite("output_grad", name, row, step)
+        if bad is not None:
+            out.append(bad)
+            continue
+        norm = _get(row, "norm")
+        if norm is not None and not math.isnan(norm):
+            profile.append((name, norm))
+    deeper_max, deeper_min = -_INF, _INF
+    flagged: list[Finding] = []
+    for name, norm in reversed(profile):
+        if deeper_max > 0 and math.isfinite(deeper_max) and norm < vanishing_backprop_ratio * deeper_max:
+            ratio = norm / deeper_max
+            flagged.append(
+                _build(
+                    "vanishing_backprop",
+                    "output_grad",
+                    (name,),
+                    _M_BACKPROP_VANISHING,
+                    ratio,
+                    vanishing_backprop_ratio,
+                    step,
+                )
+            )
+        elif math.isfinite(deeper_min) and norm > exploding_backprop_growth * deeper_min:
+            ratio = norm / deeper_min
+            flagged.append(
+                _build(
+                    "exploding_backprop",
+                    "output_grad",
+                    (name,),
+                    _M_BACKPROP_EXPLODING,
+                    ratio,
+                    exploding_backprop_growth,
+                    step,
+                )
+            )
+        deeper_max = max(deeper_max, norm)
+        if norm > 0:
+            deeper_min = min(deeper_min, norm)
+    out.extend(reversed(flagged))
+    order = {name: i for i, name in enumerate(table)}
+    out.sort(key=lambda f: order[f.layers[0]])
     return out

@@ -37,7 +37,7 @@ def health_tag(rule: Rule, kind: Kind) -> str:
 
 
 #: Which statistic each kind's depth-profile heatmap shows.
-PROFILE_STAT: dict[Kind, str] = {"weight": "update_ratio", "grad": "norm", "activation": "std"}
+PROFILE_STAT: dict[Kind, str] = {"weight": "update_ratio", "grad": "norm", "activation": "std", "output_grad": "norm"}
 
 
 def profile_of(
@@ -52,7 +52,7 @@ def profile_of(
     for name, row in table.items():
         if name == "total" or stat not in row:
             continue
-        if (kind == "activation" and nls.get(name) is not None) or (kind != "activation" and _is_bias(name)):
+        if (kind == "activation" and nls.get(name) is not None) or (kind in ("weight", "grad") and _is_bias(name)):
             continue
         out[name] = float(row[stat])
     return out

@@ -106,6 +106,15 @@ def _key(finding) -> str:
     return f"nonfinite_{finding.kind}" if finding.rule == "nonfinite" else finding.rule
 
 
+def test_runs_under_a_weight_init_scheme_are_deterministic(tmp_path):
+    # WeightInit seeds a private generator from the OS unless told otherwise; the harness passes the run's seed.
+    first = run_zoo("zero_mlp", tmp_path / "a", init="kaiming_normal", monitors=False, steps=3)
+    second = run_zoo("zero_mlp", tmp_path / "b", init="kaiming_normal", monitors=False, steps=3)
+    other = run_zoo("zero_mlp", tmp_path / "c", init="kaiming_normal", monitors=False, steps=3, seed=1)
+    assert first.losses == second.losses
+    assert first.losses != other.losses
+
+
 def test_gpt2_with_unit_normal_tied_embedding_starts_far_above_chance(tmp_path):
     run = run_zoo("gpt2_tied_normal", tmp_path, monitors=False, steps=3)
     net = run.module.net

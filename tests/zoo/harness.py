@@ -190,12 +190,12 @@ def run_zoo(
     Args:
         name: a key of :data:`tests.zoo.ZOO`.
         tmp_path: where the event files go (``{tmp_path}/{name}/version_N``).
-        init: ``None``: the model's own init; ``"auto"`` (or any scheme name): ``WeightInit(init)``; or a
-            ``WeightInit`` callback.
+        init: ``None``: the model's own init; ``"auto"`` (or any scheme name): ``WeightInit(init, seed=seed)``; or
+            a ``WeightInit`` callback (used as given).
         monitors: ``True``: WeightMonitor, GradientMonitor and ActivationMonitor every step; ``False``: none; or the
             monitor callbacks to use.
         steps: optimizer steps (default: the entry's ``steps``).
-        seed: seeds the model's init (global RNG before building), the data and dropout.
+        seed: seeds the model's own init (global RNG before building), the data, dropout and ``WeightInit``.
         callbacks: more callbacks.
         trainer_kwargs: more ``Trainer`` arguments.
         **overrides: keyword arguments of the entry's builder (e.g. ``lr=``).
@@ -213,7 +213,8 @@ def run_zoo(
             _capture_findings(m, captured)
         cbs: list[Callback] = []
         if init is not None:
-            cbs.append(init if isinstance(init, WeightInit) else WeightInit(init))  # type: ignore[arg-type]
+            # WeightInit draws from a private generator seeded from the OS unless given a seed: pass the run's seed.
+            cbs.append(init if isinstance(init, WeightInit) else WeightInit(init, seed=seed))  # type: ignore[arg-type]
         recorder = LossRecorder()
         cbs += [*mons, recorder, *callbacks]
         logger = TensorBoardLogger(str(tmp), name=name)

@@ -4,9 +4,9 @@ import copy
 import math
 
 import lightning.pytorch as pl
-from lightning.pytorch.plugins import MixedPrecision
 import pytest
 import torch
+from lightning.pytorch.plugins import MixedPrecision
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 

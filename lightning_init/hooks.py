@@ -20,6 +20,8 @@ from lightning_init.stats import (
     HISTOGRAM_BINS,
     activation_row,
     first_float_tensor,
+    headroom_format,
+    headroom_row,
     histogram_columns,
 )
 
@@ -116,16 +118,26 @@ class ActivationRecorder:
         self.histograms: dict[str, dict[str, Tensor]] = {}
         self.bounded: dict[str, bool] = {}
         self._histograms = False
+        #: Module name -> per-call :func:`lightning_init.stats.headroom_row` of outputs in a 16-bit format.
+        self.headroom: dict[str, list[Tensor]] = {}
+        self._precision: str | None = None
 
     @property
     def active(self) -> bool:
         """Whether hooks are registered."""
         return len(self.hooks) > 0
 
-    def start(self, modules: Iterable[tuple[str, nn.Module]], *, histograms: bool = False) -> None:
-        """Register a forward hook on each ``(name, module)``; clears previous records."""
+    def start(
+        self, modules: Iterable[tuple[str, nn.Module]], *, histograms: bool = False, precision: str | None = None
+    ) -> None:
+        """Register a forward hook on each ``(name, module)``; clears previous records.
+
+        ``precision`` (Lightning's flag): outputs in a 16-bit format, or headed for one under mixed precision
+        (:func:`lightning_init.stats.headroom_format`), also get a headroom row per call.
+        """
         self.stop()
         self._histograms = histograms
+        self._precision = precision
         self.enabled = True
         for name, module in modules:
             nl = nonlinearity_of(module)
@@ -142,6 +154,9 @@ class ActivationRecorder:
                 return
             self.rows.setdefault(name, []).append(activation_row(out, bounds))
             self.numels.setdefault(name, []).append(out.numel())
+            fmt = headroom_format(out.dtype, self._precision)
+            if fmt is not None:
+                self.headroom.setdefault(name, []).append(headroom_row(out, fmt))
             if self._histograms and name not in self.histograms:
                 self.histograms[name] = histogram_columns([out], HISTOGRAM_BINS)
 
@@ -158,6 +173,7 @@ class ActivationRecorder:
         self.numels = {}
         self.histograms = {}
         self.bounded = {}
+        self.headroom = {}
 
 
 class OutputGradRecorder:

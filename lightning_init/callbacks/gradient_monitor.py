@@ -6,6 +6,7 @@ The step convention and the distributed behaviour shared by the three monitors a
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,6 +28,8 @@ from lightning_init.health import (
     EXPLODING_BACKPROP_GROWTH,
     EXPLODING_GRAD_GROWTH,
     EXPLODING_GRAD_NORM,
+    OVERFLOW_FRACTION,
+    UNDERFLOW_FRACTION,
     VANISHING_BACKPROP_RATIO,
     VANISHING_GRAD_FLOOR,
     VANISHING_GRAD_RATIO,
@@ -40,10 +43,14 @@ from lightning_init.reduce import local_moments, merge_moments, moment_order
 from lightning_init.stats import (
     DEFAULT_GRAD_STATS,
     GRAD_STATS,
+    HEADROOM_STATS,
     OUTPUT_GRAD_STATS,
     GradStat,
     Table,
     fetch,
+    headroom_format,
+    headroom_row,
+    headroom_stats,
     output_grad_stats,
     safe_ratio,
     total_norm,
@@ -85,7 +92,12 @@ class GradientMonitor(_LayerMonitor):
       across DDP processes (one ``all_gather``) as the gradient of the global mean loss; with ``health=True``
       ``health/nonfinite_output_grad``, ``health/vanishing_backprop``, ``health/exploding_backprop``, the text
       ``health/output_grad_report`` and the image ``health/output_grad_heatmap`` (modules x logged steps, colour =
-      log10 of ``||dL/dh||``) at fit end and on histogram steps.
+      log10 of ``||dL/dh||``) at fit end and on histogram steps;
+    - under 16-bit precision only (``16-mixed``, ``bf16-mixed``, ``*-true``, or gradients in float16/bfloat16; never
+      under 32-bit): ``grad_underflow/{param}`` and ``grad_overflow/{param}``, the fractions of elements whose value
+      times the GradScaler's loss scale (what lived in 16 bits during backward) is below the format's smallest normal
+      / above half its largest value, and ``grad_dynamic_range/{param}``, ``log2(max / smallest non-zero |g|)`` in
+      bits; health rules ``underflow`` / ``overflow`` (``health/underflow_grad``, ``health/overflow_grad``).
 
     Health checks (thresholds justified in :class:`~lightning_init.health.HealthThresholds`; depth profiles compare
     weights with weights and biases with biases, input -> output):
@@ -126,6 +138,9 @@ class GradientMonitor(_LayerMonitor):
         exploding_grad_growth: a grad norm this many times larger than a deeper layer's is exploding.
         vanishing_backprop_ratio: an ``||dL/dh||`` this many times smaller than a deeper module's is vanishing.
         exploding_backprop_growth: an ``||dL/dh||`` this many times larger than a deeper module's is exploding.
+        underflow_fraction: under 16-bit precision, a gradient with more of its elements than this below the
+            format's smallest normal (after the loss scale) underflows.
+        overflow_fraction: the same for elements above half the format's largest value (``0``: any).
 
     Raises:
         {value_error}
@@ -160,6 +175,8 @@ class GradientMonitor(_LayerMonitor):
         exploding_grad_growth: float = EXPLODING_GRAD_GROWTH,
         vanishing_backprop_ratio: float = VANISHING_BACKPROP_RATIO,
         exploding_backprop_growth: float = EXPLODING_BACKPROP_GROWTH,
+        underflow_fraction: float = UNDERFLOW_FRACTION,
+        overflow_fraction: float = OVERFLOW_FRACTION,
     ) -> None:
         super().__init__(
             every_n_steps,
@@ -177,6 +194,8 @@ class GradientMonitor(_LayerMonitor):
                 "exploding_grad_growth": exploding_grad_growth,
                 "vanishing_backprop_ratio": vanishing_backprop_ratio,
                 "exploding_backprop_growth": exploding_backprop_growth,
+                "underflow_fraction": underflow_fraction,
+                "overflow_fraction": overflow_fraction,
             },
         )
         self._total_tag = "total"
@@ -367,7 +386,20 @@ class GradientMonitor(_LayerMonitor):
             found, scale = amp
             extra["_found_inf"] = [torch.stack([f.reshape(()).float() for f in found]).sum()]
             extra["_loss_scale"] = [scale.reshape(()).float()]
-        needs_norm = [s for s in wanted if s != "ratio"] + (["norm"] if "ratio" in wanted else [])
+        formats = [headroom_format(g.dtype, str(trainer.precision)) for g in grads]
+        headroom = [s for s in wanted if s in HEADROOM_STATS] if any(f is not None for f in formats) else []
+        if headroom:
+            # the values as they were in 16 bits: a 16-mixed run's float32 .grad is read unscaled here
+            loss_scale = amp[1].reshape(()).float() if amp is not None else 1.0
+            rows = [
+                headroom_row(g, f, loss_scale) if f is not None else g.new_full((4,), math.nan, dtype=torch.float32)
+                for g, f in zip(grads, formats, strict=True)
+            ]
+            for j, col in enumerate(("_hu", "_ho", "_hmax", "_hmin")):
+                extra[col] = [r[j] for r in rows]
+        needs_norm = [s for s in wanted if s != "ratio" and s not in HEADROOM_STATS] + (
+            ["norm"] if "ratio" in wanted else []
+        )
         with torch.no_grad():
             table, host, hists = _param_table(
                 names, grads, needs_norm, extra=extra, histograms=histograms, count_nonfinite="nonfinite" in wanted
@@ -381,6 +413,12 @@ class GradientMonitor(_LayerMonitor):
                     table[name]["ratio"] = safe_ratio(host["norm"][i], host["_wnorm"][i])
                     if "norm" not in wanted:
                         del table[name]["norm"]
+            if headroom:
+                for i, (name, g, f) in enumerate(zip(names, grads, formats, strict=True)):
+                    if f is None:
+                        continue
+                    row = [host[c][i] for c in ("_hu", "_ho", "_hmax", "_hmin")]
+                    table[name].update({s: v for s, v in headroom_stats([row], g.numel()).items() if s in headroom})
             if "norm" in wanted and names:
                 table["total"] = {"norm": total_norm(host["norm"])}
             amp_metrics: dict[str, float] = {}

@@ -28,12 +28,16 @@ from lightning_init.heatmap import ProfileHistory, depth_profile_image
 __all__ = ["PROFILE_STAT", "HealthTracker", "health_tag", "profile_of"]
 
 
+#: Rules several kinds fire: their tag carries the kind (``health/nonfinite_grad``, ``health/underflow_activation``).
+PER_KIND_RULES: frozenset[str] = frozenset({"nonfinite", "underflow", "overflow"})
+
+
 def health_tag(rule: Rule, kind: Kind) -> str:
     """Scalar tag for the count of flagged layers: ``health/{rule}``, or ``health/nonfinite_{kind}``.
 
     ``nonfinite`` is the one rule every kind fires; the kind suffix keeps the three monitors from writing the same tag.
     """
-    return f"health/nonfinite_{kind}" if rule == "nonfinite" else f"health/{rule}"
+    return f"health/{rule}_{kind}" if rule in PER_KIND_RULES else f"health/{rule}"
 
 
 #: Which statistic each kind's depth-profile heatmap shows.

@@ -1,8 +1,7 @@
-"""Health verdicts: per-layer statistics -> findings (vanishing, exploding, dead, saturated, NaN/Inf, symmetric).
+"""Health rules: per-layer statistics -> findings (vanishing, exploding, dead, saturated, NaN/Inf, symmetric).
 
 Pure functions over host-side tables ``{name: {stat: value}}`` ordered from input to output, as the monitors hand
-them over after each logging step, plus a small stateful :class:`HealthTracker` (warn once per (rule, layer),
-``health/{rule}`` counts, end-of-fit Markdown table, bounded heatmap history). Never imports Lightning.
+them over after each logging step. Never imports Lightning.
 
 A rule whose statistics are missing from the table (the user chose not to log them) does not fire; NaN inputs do
 not fire the threshold rules (they are what the ``nonfinite`` rule reports).
@@ -10,16 +9,29 @@ not fire the threshold rules (they are what the ``nonfinite`` rule reports).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple, get_args
 
-import numpy as np
-
 from lightning_init.activations import BOUNDED, RELU_LIKE
-from lightning_init.heatmap import ProfileHistory, depth_profile_image
+from lightning_init.health.thresholds import (
+    _INF,
+    DEAD_FRACTION,
+    EXPLODING_ACTIVATION_RATIO,
+    EXPLODING_GRAD_GROWTH,
+    EXPLODING_GRAD_NORM,
+    SATURATED_FRACTION,
+    SYMMETRIC_SPREAD,
+    UPDATE_RATIO_HIGH,
+    UPDATE_RATIO_LOW,
+    VANISHING_ACTIVATION_RATIO,
+    VANISHING_GRAD_FLOOR,
+    VANISHING_GRAD_RATIO,
+    _validate_activations,
+    _validate_grads,
+    _validate_weights,
+)
 
 __all__ = [
     "KINDS",
@@ -27,18 +39,13 @@ __all__ = [
     "RULES_BY_KIND",
     "Finding",
     "HealthError",
-    "HealthThresholds",
-    "HealthTracker",
     "Kind",
     "OnAnomaly",
-    "PROFILE_STAT",
     "Rule",
     "check_activations",
     "check_grads",
     "check_weights",
-    "health_tag",
     "merge_findings",
-    "profile_of",
 ]
 
 Rule = Literal[
@@ -70,19 +77,6 @@ RULES_BY_KIND: dict[Kind, tuple[Rule, ...]] = {
 }
 
 _KIND_WORD: dict[Kind, str] = {"weight": "weights", "grad": "gradients", "activation": "activations"}
-
-# Defaults (justified in HealthThresholds' docstring).
-VANISHING_GRAD_RATIO = 1e-4
-VANISHING_GRAD_FLOOR = 1e-9
-EXPLODING_GRAD_NORM = 1e4
-EXPLODING_GRAD_GROWTH = 1e4
-VANISHING_ACTIVATION_RATIO = 1e-2
-EXPLODING_ACTIVATION_RATIO = 1e2
-DEAD_FRACTION = 0.9
-SATURATED_FRACTION = 0.5
-SYMMETRIC_SPREAD = 1e-6
-UPDATE_RATIO_LOW = 1e-6
-UPDATE_RATIO_HIGH = 1e-1
 
 
 @dataclass(frozen=True)
@@ -270,56 +264,6 @@ def merge_findings(findings: Iterable[Finding]) -> list[Finding]:
         layers = tuple(name for f in members for name in f.layers)
         out.append(_build(rule, kind, layers, measure, worst.value, threshold, step, f"worst: {worst.layers[0]}"))
     return out
-
-
-# ----------------------------------------------------------------------------------------------- validation
-
-
-def _check(name: str, value: Any, *, low: float, high: float, low_open: bool = False, high_open: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-        raise ValueError(f"`{name}` must be a number, got {value!r}")
-    v = float(value)
-    bad_low = v <= low if low_open else v < low
-    bad_high = v >= high if high_open else v > high
-    if bad_low or bad_high:
-        interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-        raise ValueError(f"`{name}` must be in {interval}, got {value!r}")
-    return v
-
-
-_INF = math.inf
-
-
-def _validate_grads(
-    vanishing_grad_ratio: float, vanishing_grad_floor: float, exploding_grad_norm: float, exploding_grad_growth: float
-) -> None:
-    _check("vanishing_grad_ratio", vanishing_grad_ratio, low=0.0, high=1.0, high_open=True)
-    _check("vanishing_grad_floor", vanishing_grad_floor, low=0.0, high=_INF, high_open=True)
-    _check("exploding_grad_norm", exploding_grad_norm, low=0.0, high=_INF, low_open=True)
-    _check("exploding_grad_growth", exploding_grad_growth, low=1.0, high=_INF, low_open=True)
-
-
-def _validate_activations(
-    vanishing_activation_ratio: float,
-    exploding_activation_ratio: float,
-    dead_fraction: float,
-    saturated_fraction: float,
-) -> None:
-    _check("vanishing_activation_ratio", vanishing_activation_ratio, low=0.0, high=1.0, high_open=True)
-    _check("exploding_activation_ratio", exploding_activation_ratio, low=1.0, high=_INF, low_open=True)
-    _check("dead_fraction", dead_fraction, low=0.0, high=1.0)
-    _check("saturated_fraction", saturated_fraction, low=0.0, high=1.0)
-
-
-def _validate_weights(symmetric_spread: float, update_ratio_low: float, update_ratio_high: float) -> None:
-    _check("symmetric_spread", symmetric_spread, low=0.0, high=1.0, high_open=True)
-    _check("update_ratio_low", update_ratio_low, low=0.0, high=_INF, high_open=True)
-    _check("update_ratio_high", update_ratio_high, low=0.0, high=_INF, low_open=True)
-    if update_ratio_high <= update_ratio_low:
-        raise ValueError(
-            f"`update_ratio_high` must be greater than `update_ratio_low`, got {update_ratio_high!r} <= "
-            f"{update_ratio_low!r}"
-        )
 
 
 # ---------------------------------------------------------------------------------------------------- rules
@@ -549,290 +493,3 @@ def check_activations(
             if sat is not None and sat > saturated_fraction:
                 out.append(_build("saturated", "activation", (name,), _M_SATURATED[nl], sat, saturated_fraction, step))
     return out
-
-
-# ----------------------------------------------------------------------------------------------- thresholds
-
-
-@dataclass(frozen=True)
-class HealthThresholds:
-    """Every health threshold in one validated, YAML-friendly object (plain floats; ``0``/``.inf`` disable a bound).
-
-    Args:
-        vanishing_grad_ratio: a gradient norm this many times smaller than a deeper layer's is vanishing. ``1e-4``:
-            under SGD such a layer learns 10,000x slower than the deeper one; a 12-layer ReLU MLP under Xavier
-            (a mild, harmless decay) stays above ``2e-2``, under ``normal(std=0.01)`` it falls to ``1e-10``.
-        vanishing_grad_floor: an absolute gradient norm this small is vanishing. ``1e-9``: below float32 resolution
-            for weights of order ``1e-1`` under any learning rate < 1 (catches profiles that are flat but tiny, as
-            weight gradients of a deep ``normal(std=0.01)`` net are: ~3e-11 for every layer).
-        exploding_grad_norm: an absolute gradient norm above this explodes. ``1e4``: Kaiming-initialized MLPs show
-            norms of order 1-10; a ``normal(std=1.0)`` 12-layer ReLU MLP shows ~1e11.
-        exploding_grad_growth: a gradient norm this many times larger than a deeper layer's explodes (mirror of
-            ``vanishing_grad_ratio``).
-        vanishing_activation_ratio: activation std of a layer relative to the first layer's below this vanishes.
-            ``1e-2`` (from the seed): Kaiming keeps the ratio near 1, Xavier on a 12-layer ReLU net ~``2e-2``.
-        exploding_activation_ratio: the same ratio above this explodes; ``1e2``.
-        dead_fraction: ``zero_fraction`` above this after a ReLU is dead; ``0.9`` (a healthy ReLU zeroes ~0.5).
-        saturated_fraction: ``saturation`` above this after tanh/sigmoid is saturated; ``0.5``: Xavier tanh nets
-            have ~0 outputs at the bounds, a ``normal(std=1.0)`` width-256 tanh net ~0.9.
-        symmetric_spread: ``row_spread`` at or below this is symmetric; ``1e-6``: zero/constant init gives 0 (or a
-            float32 rounding residue ~1e-7), random init gives order 1.
-        update_ratio_low: a non-zero update ratio below this is frozen; ``1e-6`` is three decades under the
-            healthy ~1e-3.
-        update_ratio_high: an update ratio above this is unstable; ``1e-1``: 10% of the weight norm per step.
-
-    Raises:
-        ValueError: naming the argument and the value when a threshold is out of its range.
-    """
-
-    vanishing_grad_ratio: float = VANISHING_GRAD_RATIO
-    vanishing_grad_floor: float = VANISHING_GRAD_FLOOR
-    exploding_grad_norm: float = EXPLODING_GRAD_NORM
-    exploding_grad_growth: float = EXPLODING_GRAD_GROWTH
-    vanishing_activation_ratio: float = VANISHING_ACTIVATION_RATIO
-    exploding_activation_ratio: float = EXPLODING_ACTIVATION_RATIO
-    dead_fraction: float = DEAD_FRACTION
-    saturated_fraction: float = SATURATED_FRACTION
-    symmetric_spread: float = SYMMETRIC_SPREAD
-    update_ratio_low: float = UPDATE_RATIO_LOW
-    update_ratio_high: float = UPDATE_RATIO_HIGH
-
-    def __post_init__(self) -> None:
-        _validate_grads(
-            self.vanishing_grad_ratio, self.vanishing_grad_floor, self.exploding_grad_norm, self.exploding_grad_growth
-        )
-        _validate_activations(
-            self.vanishing_activation_ratio,
-            self.exploding_activation_ratio,
-            self.dead_fraction,
-            self.saturated_fraction,
-        )
-        _validate_weights(self.symmetric_spread, self.update_ratio_low, self.update_ratio_high)
-
-    def check(
-        self,
-        kind: Kind,
-        table: Mapping[str, Mapping[str, float]],
-        *,
-        step: int,
-        nonlinearities: Mapping[str, str | None] | None = None,
-    ) -> list[Finding]:
-        """Run the check function of ``kind`` with these thresholds."""
-        t = self
-        if kind == "weight":
-            return check_weights(
-                table,
-                step=step,
-                symmetric_spread=t.symmetric_spread,
-                update_ratio_low=t.update_ratio_low,
-                update_ratio_high=t.update_ratio_high,
-            )
-        if kind == "grad":
-            return check_grads(
-                table,
-                step=step,
-                vanishing_grad_ratio=t.vanishing_grad_ratio,
-                vanishing_grad_floor=t.vanishing_grad_floor,
-                exploding_grad_norm=t.exploding_grad_norm,
-                exploding_grad_growth=t.exploding_grad_growth,
-            )
-        if kind == "activation":
-            return check_activations(
-                table,
-                nonlinearities or {},
-                step=step,
-                vanishing_activation_ratio=t.vanishing_activation_ratio,
-                exploding_activation_ratio=t.exploding_activation_ratio,
-                dead_fraction=t.dead_fraction,
-                saturated_fraction=t.saturated_fraction,
-            )
-        raise ValueError(f"`kind` must be one of {list(KINDS)}, got {kind!r}")
-
-
-# -------------------------------------------------------------------------------------------------- tracker
-
-
-def health_tag(rule: Rule, kind: Kind) -> str:
-    """Scalar tag for the count of flagged layers: ``health/{rule}``, or ``health/nonfinite_{kind}``.
-
-    ``nonfinite`` is the one rule every kind fires; the kind suffix keeps the three monitors from writing the same tag.
-    """
-    return f"health/nonfinite_{kind}" if rule == "nonfinite" else f"health/{rule}"
-
-
-#: Which statistic each kind's depth-profile heatmap shows.
-PROFILE_STAT: dict[Kind, str] = {"weight": "update_ratio", "grad": "norm", "activation": "std"}
-
-
-def profile_of(
-    kind: Kind, table: Mapping[str, Mapping[str, float]], nonlinearities: Mapping[str, str | None] | None = None
-) -> dict[str, float]:
-    """One heatmap column: ``PROFILE_STAT[kind]`` of every non-bias parameter (weight, grad; ``total`` excluded) or
-    of every parameterized module (activation; ``nonlinearities[name] is None``), in table order.
-    """  # noqa: D205
-    stat = PROFILE_STAT[kind]
-    nls = nonlinearities or {}
-    out: dict[str, float] = {}
-    for name, row in table.items():
-        if name == "total" or stat not in row:
-            continue
-        if (kind == "activation" and nls.get(name) is not None) or (kind != "activation" and _is_bias(name)):
-            continue
-        out[name] = float(row[stat])
-    return out
-
-
-@dataclass
-class _Status:
-    kind: str
-    first_step: int
-    last_step: int
-    last: dict[str, tuple[float, str, float]]  # rule -> (value, op, threshold)
-
-
-class HealthTracker:
-    """Remembers findings over a fit: warn-once bookkeeping, ``health/*`` counts, a health table, heatmap history.
-
-    Pure and host-side; one tracker per monitor (kind). Memory is bounded by layers x rules plus
-    ``layers x max_columns`` heatmap cells, however many steps are fed.
-
-    Args:
-        kind: the kind of statistics this tracker follows.
-        max_columns: heatmap columns kept (see :class:`lightning_init.heatmap.ProfileHistory`).
-
-    Example::
-
-        tracker = HealthTracker("grad")
-        findings = check_grads(table, step=step)
-        for finding in tracker.update(step, findings, profile=profile_of("grad", table)):
-            warnings.warn(finding.message)  # each (rule, layer) once
-        scalars = tracker.scalars()  # {"health/vanishing_grad": 3.0, ...}
-    """
-
-    def __init__(self, kind: Kind, *, max_columns: int = 256) -> None:
-        if kind not in KINDS:
-            raise ValueError(f"`kind` must be one of {list(KINDS)}, got {kind!r}")
-        self.kind: Kind = kind
-        self.history = ProfileHistory(max_columns)
-        self._warned: set[tuple[str, str]] = set()
-        self._status: dict[str, _Status] = {}
-        self._layers: dict[str, None] = {}
-        self._counts: dict[Rule, int] = dict.fromkeys(RULES_BY_KIND[kind], 0)
-
-    def update(
-        self,
-        step: int,
-        findings: Iterable[Finding],
-        profile: Mapping[str, float] | None = None,
-        *,
-        layers: Iterable[str] | None = None,
-    ) -> list[Finding]:
-        """Record one logging step and return what to warn about now.
-
-        Args:
-            step: the optimizer step.
-            findings: this step's findings (from a check function).
-            profile: this step's heatmap column, layer -> value (e.g. :func:`profile_of`); also registers the
-                layers of the health table. An empty profile adds no column (e.g. the weights at fit start, which
-                have no ``update_ratio`` yet).
-            layers: more layers of the health table (e.g. every row of the table, biases included).
-
-        Returns:
-            The findings whose (rule, layer) was never returned before, merged per rule (:func:`merge_findings`).
-        """
-        findings = list(findings)
-        if layers is not None:
-            self._layers.update(dict.fromkeys(layers))
-        if profile:
-            self.history.append(step, profile)
-            self._layers.update(dict.fromkeys(profile))
-        counts: dict[Rule, set[str]] = {rule: set() for rule in RULES_BY_KIND[self.kind]}
-        new: list[Finding] = []
-        for f in findings:
-            counts.setdefault(f.rule, set()).update(f.layers)
-            fresh = False
-            for layer in f.layers:
-                self._layers.setdefault(layer, None)
-                op = _CASES[(f.rule, f.measure)].op
-                status = self._status.get(layer)
-                if status is None:
-                    status = self._status[layer] = _Status(f.kind, f.step, f.step, {})
-                status.last_step = max(status.last_step, f.step)
-                status.last[f.rule] = (f.value, op, f.threshold)
-                if (f.rule, layer) not in self._warned:
-                    self._warned.add((f.rule, layer))
-                    fresh = True
-            if fresh:
-                new.append(f)
-        self._counts = {rule: len(names) for rule, names in counts.items()}
-        return merge_findings(new)
-
-    @property
-    def counts(self) -> dict[Rule, int]:
-        """Number of flagged layers per rule at the last :meth:`update` (0 for this kind's rules that did not fire)."""
-        return dict(self._counts)
-
-    def scalars(self) -> dict[str, float]:
-        """``{health_tag(rule, kind): count}`` for the last :meth:`update`."""
-        return {health_tag(rule, self.kind): float(n) for rule, n in self._counts.items()}
-
-    def layers(self) -> list[str]:
-        """Every layer seen so far (the rows of the health table), in first-seen order."""
-        return list(self._layers)
-
-    def flagged(self) -> list[str]:
-        """Layers that were ever flagged, in first-seen order."""
-        return [name for name in self._layers if name in self._status]
-
-    def to_markdown(self) -> str:
-        """Per-layer health table (Markdown pipe table), healthy layers included, in depth order."""
-        if not self._layers:
-            return "No layers monitored."
-        lines = [
-            f"{len(self.flagged())} of {len(self._layers)} layers flagged ({_KIND_WORD[self.kind]}).",
-            "",
-            "| layer | kind | health | first step | last step | last value |",
-            "|---|---|---|---|---|---|",
-        ]
-        for name in self._layers:
-            s = self._status.get(name)
-            cell = name.replace("|", "\\|")
-            if s is None:
-                lines.append(f"| {cell} | {self.kind} | ok | | | |")
-                continue
-            rules = ", ".join(s.last)
-            values = "; ".join(
-                f"{r}: {_fmt(v)} {op} {_fmt(t)}" if op else f"{r}: {_fmt(v)} (not finite)"
-                for r, (v, op, t) in s.last.items()
-            )
-            lines.append(f"| {cell} | {s.kind} | {rules} | {s.first_step} | {s.last_step} | {values} |")
-        return "\n".join(lines)
-
-    def heatmap(self, **kwargs: Any) -> np.ndarray | None:
-        """The depth-profile picture of the history (:func:`~lightning_init.heatmap.depth_profile_image` kwargs),
-        or ``None`` before any profile was fed.
-        """  # noqa: D205
-        values, _, _ = self.history.matrix()
-        if values.size == 0:
-            return None
-        return depth_profile_image(values, **kwargs)
-
-    def state_dict(self) -> dict[str, Any]:
-        """Plain-Python state (for a callback's ``state_dict``)."""
-        return {
-            "kind": self.kind,
-            "warned": sorted([list(k) for k in self._warned]),
-            "layers": list(self._layers),
-            "status": {name: dataclasses.asdict(s) for name, s in self._status.items()},
-            "history": self.history.state_dict(),
-        }
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned."""
-        self._warned = {(r, layer) for r, layer in state["warned"]}
-        self._layers = dict.fromkeys(state["layers"])
-        self._status = {
-            name: _Status(s["kind"], s["first_step"], s["last_step"], {r: tuple(v) for r, v in s["last"].items()})
-            for name, s in state["status"].items()
-        }
-        self.history.load_state_dict(state["history"])

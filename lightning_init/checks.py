@@ -3,7 +3,7 @@
 Every message has the same three parts, as Lightning's own callbacks do: the argument in backticks, what is valid, and
 the value received (with its type when the type is the problem), plus a "did you mean" for names::
 
-    `std` must be a finite number > 0, got '0.1' (a str).
+    `std` must be a finite number > 0, got '0.1'.
     `scheme` must be one of 'zeros', ..., got 'kaiming_normall'. Did you mean 'kaiming_normal'?
 
 Every check raises ``ValueError`` (also for a value of the wrong type: LightningCLI and ``lightning-init compare``
@@ -19,7 +19,7 @@ import numbers
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["check_bool", "check_choice", "check_int", "check_real", "did_you_mean", "received"]
+__all__ = ["check_bool", "check_choice", "check_int", "check_real", "check_seed", "did_you_mean", "received"]
 
 
 def did_you_mean(value: str, options: Iterable[str]) -> str:
@@ -29,8 +29,8 @@ def did_you_mean(value: str, options: Iterable[str]) -> str:
 
 
 def received(value: Any) -> str:
-    """``value`` as a message shows it: its repr, and its type when that is not a plain number."""
-    if value is None or isinstance(value, (bool, float, int)):
+    """``value`` as a message shows it: its repr, and its type unless it is None, a bool, a number or a string."""
+    if value is None or isinstance(value, (bool, float, int, str)):
         return repr(value)
     article = "an" if type(value).__name__[:1].lower() in "aeiou" else "a"
     return f"{value!r} ({article} {type(value).__name__})"
@@ -115,3 +115,14 @@ def check_bool(argument: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"`{argument}` must be True or False, got {received(value)}.")
     return value
+
+
+def check_seed(argument: str, value: Any) -> int | None:
+    """Check an optional seed: ``None`` or an integer that ``torch.Generator.manual_seed`` takes; return it.
+
+    Raises:
+        ValueError: Naming ``argument`` and ``value`` (``"abc"``, ``1.5``, ``True`` or out of range).
+    """
+    if value is None:
+        return None
+    return check_int(argument, value, low=-(2**63), high=2**64 - 1)

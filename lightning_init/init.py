@@ -52,12 +52,15 @@ from lightning_init.activations import (
     sequential_followers,
     traced_followers,
 )
+from lightning_init.checks import check_bool, check_seed
 from lightning_init.lsuv import LSUV_LAYER_TYPES, LSUVReport, check_lsuv_args, lsuv_
 from lightning_init.rules import InitRule, as_rules, check_all_match, first_match
 from lightning_init.schemes import (
     SchemeName,
     apply_scheme_,
     auto_scheme,
+    check_magnitude,
+    check_module,
     expected_std,
     fans,
     orthogonal_,
@@ -242,13 +245,17 @@ def init_module(
         The per-layer report. Torch's global RNG state is unchanged.
 
     Raises:
-        ValueError: Unknown scheme or parameter, out-of-range value, a rule matching no layer, or ``lsuv`` without a
-            usable ``lsuv_batch`` (all checked before any parameter changes).
+        ValueError: ``module`` not an ``nn.Module``, a ``seed``/``bias``/``only_rules`` of the wrong type or not finite,
+            unknown scheme or parameter, out-of-range value, a rule matching no layer, or ``lsuv`` without a usable
+            ``lsuv_batch`` (all checked before any parameter changes; each message names the argument and the value).
 
     Warns:
         UserWarning: Once for layers ``auto`` could not resolve, once for layers left with identical output units,
             once for layers LSUV could not bring to unit variance (named, with the reason).
     """
+    check_module("module", module)  # every argument is checked before anything is written
+    bias, seed = check_magnitude("bias", bias), check_seed("seed", seed)
+    check_bool("only_rules", only_rules)
     params = validate_scheme(scheme, {**scheme_params, "nonlinearity": nonlinearity})
     rule_list = as_rules(rules)
     if scheme == "lsuv" or any(r.scheme == "lsuv" for r in rule_list):

@@ -142,6 +142,18 @@ def check_magnitude(argument: str, value: Any) -> float:
     return x
 
 
+def check_module(argument: str, value: Any) -> torch.nn.Module:
+    """Check that ``value`` is an ``nn.Module`` (a LightningModule or a bare model); return it.
+
+    Raises:
+        ValueError: Naming ``argument`` and ``value`` (``None``, a tensor, a class instead of an instance).
+    """
+    if not isinstance(value, torch.nn.Module):
+        hint = " (a class: instantiate it)" if isinstance(value, type) and issubclass(value, torch.nn.Module) else ""
+        raise ValueError(f"`{argument}` must be an nn.Module (a LightningModule or model), got {received(value)}{hint}")
+    return value
+
+
 def _largest_value(scheme: str, params: Mapping[str, Any]) -> tuple[float, str]:
     """The largest |value| a shape-free scheme can write with ``params`` and the argument(s) it comes from."""
     if scheme == "constant":

@@ -5,20 +5,20 @@ The math lives in :mod:`lightning_init.init` / :mod:`lightning_init.schemes`; th
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
-
-# Runtime imports on purpose: LightningCLI (jsonargparse) validates these restricted types while parsing the config, so
-# an out-of-range value is a clean parser error instead of a traceback when the callback is instantiated.
-from jsonargparse.typing import OpenUnitInterval, PositiveFloat, PositiveInt
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
+# Runtime import on purpose: LightningCLI (jsonargparse) checks these restricted types while parsing the config, so an
+# out-of-range value is a parser error before the callback is built.
+from lightning_init.argtypes import FiniteFloat, OpenUnitInterval, PositiveFiniteFloat, PositiveInt
 from lightning_init.checks import check_bool, check_seed
 from lightning_init.init import InitReport, init_module
 from lightning_init.lsuv import _default_forward, check_lsuv_args
@@ -119,15 +119,15 @@ class WeightInit(Callback):
         self,
         scheme: SchemeName = "auto",
         *,
-        mean: float | None = None,
-        std: PositiveFloat | None = None,
-        a: float | None = None,
-        b: float | None = None,
+        mean: FiniteFloat | None = None,
+        std: PositiveFiniteFloat | None = None,
+        a: FiniteFloat | None = None,
+        b: FiniteFloat | None = None,
         mode: FanMode | None = None,
         nonlinearity: Nonlinearity | None = None,
-        gain: PositiveFloat | None = None,
-        value: float | None = None,
-        bias: float = 0.0,
+        gain: PositiveFiniteFloat | None = None,
+        value: FiniteFloat | None = None,
+        bias: FiniteFloat = 0.0,
         rules: list[InitRule] | None = None,
         seed: int | None = None,
         weights_loaded: bool = False,
@@ -293,7 +293,8 @@ def _probe_lsuv_forward(pl_module: "pl.LightningModule", batch: Any, scheme: str
     """Run LSUV's forward once on ``batch`` before any weight changes; refuse with a clear message if it fails.
 
     The probe runs like LSUV's own passes: eval mode, ``torch.no_grad()``, torch's RNG forked, each module's
-    ``training`` flag restored.
+    ``training`` flag restored; compiled code runs eagerly (``torch.compiler.set_stance("force_eager")``), so the probe
+    compiles nothing that LSUV's hooked passes would then reuse.
     """
     custom = callable(getattr(pl_module, LSUV_FORWARD_HOOK, None))
     if not custom:
@@ -301,7 +302,7 @@ def _probe_lsuv_forward(pl_module: "pl.LightningModule", batch: Any, scheme: str
     forward = _lsuv_forward(pl_module) or _default_forward
     flags = [(m, m.training) for m in pl_module.modules()]
     try:
-        with torch.random.fork_rng(devices=[]), torch.no_grad():
+        with torch.random.fork_rng(devices=[]), torch.no_grad(), _eager():
             for m, _ in flags:
                 m.training = False
             forward(pl_module, batch)
@@ -320,6 +321,12 @@ def _probe_lsuv_forward(pl_module: "pl.LightningModule", batch: Any, scheme: str
     finally:
         for m, training in flags:
             m.training = training
+
+
+def _eager() -> contextlib.AbstractContextManager[Any]:
+    """Run ``torch.compile``d code eagerly inside the block (torch >= 2.6; earlier versions: no change)."""
+    set_stance = getattr(torch.compiler, "set_stance", None)
+    return set_stance("force_eager") if set_stance is not None else contextlib.nullcontext()
 
 
 def _default_call(batch: Any) -> str:

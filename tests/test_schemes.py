@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from lightning_init import schemes as S
+from lightning_init.argtypes import FINITE_MAX
 
 SHAPE = (256, 128, 3, 3)  # conv weight: fan_in = 128*9 = 1152, fan_out = 256*9 = 2304, N = 294912
 FAN_IN, FAN_OUT, N = 1152, 2304, 256 * 128 * 9
@@ -229,3 +230,4 @@ def test_magnitude_limit_is_float32s_square_root():
     with pytest.raises(ValueError, match=r"`bias`=1e\+20 is too large.*\|bias\| <= 1.84e\+19"):
         S.check_magnitude("bias", 1e20)
     assert torch.finfo(torch.float32).max > (S.MAX_MAGNITUDE**2) * 0.999
+    assert S.MAX_MAGNITUDE == pytest.approx(FINITE_MAX, rel=1e-15)  # the parser's FiniteFloat: the same bound

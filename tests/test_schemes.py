@@ -230,4 +230,4 @@ def test_magnitude_limit_is_float32s_square_root():
     with pytest.raises(ValueError, match=r"`bias`=1e\+20 is too large.*\|bias\| <= 1.84e\+19"):
         S.check_magnitude("bias", 1e20)
     assert torch.finfo(torch.float32).max > (S.MAX_MAGNITUDE**2) * 0.999
-    assert S.MAX_MAGNITUDE == pytest.approx(FINITE_MAX, rel=1e-15)  # the parser's FiniteFloat: the same bound
+    assert pytest.approx(FINITE_MAX, rel=1e-15) == S.MAX_MAGNITUDE  # the parser's FiniteFloat: the same bound

@@ -251,7 +251,7 @@ class WeightInit(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"applied": self._applied}
+        return {"applied": self._applied or self._restored}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

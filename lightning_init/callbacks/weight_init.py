@@ -19,6 +19,7 @@ from typing_extensions import override
 # Runtime import on purpose: LightningCLI (jsonargparse) checks these restricted types while parsing the config, so an
 # out-of-range value is a parser error before the callback is built.
 from lightning_init.argtypes import FiniteFloat, OpenUnitInterval, PositiveFiniteFloat, PositiveInt
+from lightning_init.callbacks._compat import sharded_strategy
 from lightning_init.checks import check_bool, check_seed
 from lightning_init.init import InitReport, init_module
 from lightning_init.lsuv import _default_forward, check_lsuv_args
@@ -169,7 +170,7 @@ class WeightInit(Callback):
     def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
         if stage != "fit":
             return
-        refused = _refused_strategy(trainer.strategy)
+        refused = sharded_strategy(trainer.strategy)
         if refused is not None:
             raise RuntimeError(
                 f"WeightInit cannot initialize parameters under {refused}: it shards them and restores checkpoints "
@@ -351,12 +352,3 @@ def _broadcast_from_rank_zero(trainer: "pl.Trainer", module: torch.nn.Module) ->
         return
     for tensor in [*module.parameters(), *module.buffers()]:
         torch.distributed.broadcast(tensor.data, src=0)
-
-
-def _refused_strategy(strategy: object) -> str | None:
-    """The name of ``strategy``'s class when it shards parameters (FSDP, DeepSpeed, ModelParallel), else ``None``."""
-    from lightning.pytorch import strategies
-
-    names = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")
-    refused = tuple(cls for cls in (getattr(strategies, n, None) for n in names) if isinstance(cls, type))
-    return type(strategy).__name__ if isinstance(strategy, refused) else None

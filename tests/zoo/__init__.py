@@ -4,7 +4,18 @@
 and warnings; :func:`findings` names the flagged layers per rule. ``python -m tests.zoo.baseline`` prints the table.
 """
 
-from tests.zoo.harness import ZooRun, check_consistent, findings, health_counts, make_monitors, run_zoo
+from tests.zoo.harness import (
+    ZooRun,
+    cached_run,
+    check_consistent,
+    findings,
+    first_flagged,
+    flagged_by_kind,
+    health_counts,
+    make_monitors,
+    read_rows,
+    run_zoo,
+)
 from tests.zoo.registry import BROKEN, HEALTHY, ZOO, ZooSpec
 
 __all__ = [
@@ -13,9 +24,13 @@ __all__ = [
     "ZOO",
     "ZooRun",
     "ZooSpec",
+    "cached_run",
     "check_consistent",
     "findings",
+    "first_flagged",
+    "flagged_by_kind",
     "health_counts",
     "make_monitors",
+    "read_rows",
     "run_zoo",
 ]

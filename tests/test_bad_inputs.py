@@ -231,6 +231,13 @@ PYTHON: list[Bad] = [
     Bad("monitor-dead-fraction", call(ActivationMonitor, dead_fraction=1.5), V, ("`dead_fraction`", "1.5")),
     Bad("monitor-ratio-order", call(WeightMonitor, update_ratio_low=1e-2, update_ratio_high=1e-3), V,
         ("`update_ratio_high`", "`update_ratio_low`", "0.001")),
+    Bad("monitor-stats-empty", call(WeightMonitor, stats=[]), V, ("`stats`", "[]", "'norm'")),
+    Bad("monitor-include-nomatch", fit(WeightMonitor(include="nomatch*")), V,
+        ("`include`=['nomatch*']", "body.0.weight")),
+    Bad("monitor-exclude-all", fit(GradientMonitor(exclude="*")), V, ("`exclude`=['*']", "removes all")),
+    Bad("monitor-types-typo", fit(ActivationMonitor(module_types=["Linaer"])), V,
+        ("`module_types`=['Linaer']", "'Linear'?")),
+    Bad("monitor-include-modules", fit(ActivationMonitor(include=["head*"])), V, ("`include`=['head*']", "body.0")),
     Bad("thresholds-nan", call(HealthThresholds, dead_fraction=NAN), V, ("`dead_fraction`", "nan")),
     Bad("thresholds-order", call(HealthThresholds, update_ratio_low=1e-2, update_ratio_high=1e-3), V,
         ("`update_ratio_high`", "0.001")),
@@ -367,6 +374,18 @@ def test_yaml_bad_input_from_the_shell(tmp_path: Path) -> None:
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     assert "error: WeightInit: `mode`='fan_in' is not a parameter of scheme 'normal'" in proc.stderr
+
+
+def test_a_frozen_model_is_a_warning_not_an_error(tmp_path: Path) -> None:
+    """When no filter is the reason (every selected parameter frozen), GradientMonitor warns once and training runs."""
+    model = Net()
+    model.body.requires_grad_(False)
+    model.body[2].bias.requires_grad_(True)  # something to optimize, nothing GradientMonitor selects
+    sentinel = Sentinel()
+    with pytest.warns(UserWarning, match=r"GradientMonitor: none of the selected parameters .* frozen"):
+        quiet_trainer(max_steps=2, logger=False, default_root_dir=tmp_path,
+                      callbacks=[GradientMonitor(include="body.0.*"), sentinel]).fit(model)  # fmt: skip
+    assert sentinel.batches == 2
 
 
 def test_table_is_large_enough() -> None:

@@ -165,6 +165,16 @@ class ActivationMonitor(_LayerMonitor):
         #: Module name -> nonlinearity name (None for parameterized layers) of the modules of the last table.
         self.nonlinearities: dict[str, str | None] = {}
 
+    _watches = "modules"
+
+    @override
+    def _watch_names(self, pl_module: "pl.LightningModule", *, trainable_only: bool = True) -> list[str]:
+        return [n for n, _ in self._watched_modules(pl_module)]
+
+    @override
+    def _nothing_why(self) -> str:
+        return "they run compiled by `torch.compile`"
+
     def _watched_modules(self, pl_module: "pl.LightningModule") -> list[tuple[str, nn.Module]]:
         compiled = compiled_regions(pl_module)
         if compiled and not self._warned_compiled:

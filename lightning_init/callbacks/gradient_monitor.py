@@ -148,6 +148,14 @@ class GradientMonitor(_LayerMonitor):
         return self._total_tag if name == "total" else name
 
     @override
+    def _watch_names(self, pl_module: "pl.LightningModule", *, trainable_only: bool = True) -> list[str]:
+        return [n for n, p in self._watched_parameters(pl_module) if p.requires_grad or not trainable_only]
+
+    @override
+    def _nothing_why(self) -> str:
+        return "every one is frozen, `requires_grad=False`: there are no gradients"
+
+    @override
     def on_before_optimizer_step(
         self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", optimizer: torch.optim.Optimizer
     ) -> None:

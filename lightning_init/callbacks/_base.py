@@ -41,6 +41,9 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from lightning_init import writers
+
+# Runtime import: LightningCLI checks the restricted type while parsing (a YAML 0 is a parser error).
+from lightning_init.argtypes import PositiveInt
 from lightning_init.callbacks._compat import batches_that_stepped, sharded_strategy
 from lightning_init.checks import check_choice, did_you_mean
 from lightning_init.health import (
@@ -150,8 +153,8 @@ class _LayerMonitor(Callback):
 
     def __init__(
         self,
-        every_n_steps: int | None = None,
-        histogram_every_n_steps: int | None = DEFAULT_HISTOGRAM_EVERY_N_STEPS,
+        every_n_steps: PositiveInt | None = None,
+        histogram_every_n_steps: PositiveInt | None = DEFAULT_HISTOGRAM_EVERY_N_STEPS,
         include: str | Sequence[str] | None = None,
         exclude: str | Sequence[str] | None = None,
         module_types: Sequence[str | type[nn.Module]] | None = None,

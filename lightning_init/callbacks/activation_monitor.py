@@ -15,6 +15,9 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from lightning_init.activations import nonlinearity_of
+
+# Runtime import: LightningCLI checks the restricted type while parsing (a YAML 0 is a parser error).
+from lightning_init.argtypes import PositiveInt
 from lightning_init.callbacks._base import (
     DEFAULT_HISTOGRAM_EVERY_N_STEPS,
     _document,
@@ -127,8 +130,8 @@ class ActivationMonitor(_LayerMonitor):
 
     def __init__(
         self,
-        every_n_steps: int | None = None,
-        histogram_every_n_steps: int | None = DEFAULT_HISTOGRAM_EVERY_N_STEPS,
+        every_n_steps: PositiveInt | None = None,
+        histogram_every_n_steps: PositiveInt | None = DEFAULT_HISTOGRAM_EVERY_N_STEPS,
         include: str | Sequence[str] | None = None,
         exclude: str | Sequence[str] | None = None,
         module_types: Sequence[str | type[nn.Module]] | None = None,

@@ -376,6 +376,21 @@ def test_yaml_bad_input_from_the_shell(tmp_path: Path) -> None:
     assert "error: WeightInit: `mode`='fan_in' is not a parameter of scheme 'normal'" in proc.stderr
 
 
+def test_compare_reports_a_config_mistake_as_a_parser_error(tmp_path: Path) -> None:
+    """``lightning-init compare`` reads the config through the same LightningInitCLI: exit 2, one error line."""
+    from lightning_init.cli import main
+
+    (tmp_path / "bad.yaml").write_text(BASE.replace("{depth: 2, width: 8}", "{depth: -3, width: 8}"))
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as info:
+        main(["compare", f"--config={tmp_path / 'bad.yaml'}", "--schemes", "normal", "--steps=1", f"--out={tmp_path}"])
+    assert info.value.code == 2
+    assert "Traceback" not in err.getvalue()
+    assert [line for line in err.getvalue().splitlines() if line.startswith("error:")] == [
+        "error: MLPClassifier: `depth` must be >= 1, got -3"
+    ]
+
+
 def test_a_frozen_model_is_a_warning_not_an_error(tmp_path: Path) -> None:
     """When no filter is the reason (every selected parameter frozen), GradientMonitor warns once and training runs."""
     model = Net()

@@ -330,9 +330,10 @@ class _LayerMonitor(Callback):
         """Refuse filters that leave nothing to watch, before the first batch; name the filter that emptied it.
 
         ``module_types``, then ``include``, then ``exclude`` are applied in turn; the first one that leaves nothing is
-        a ``ValueError``. When something else is the reason (a model without parameters, a frozen model for
-        ``GradientMonitor``, compiled code for ``ActivationMonitor``), one warning says so instead. A ``module_types``
-        entry that matches no module while the others do is a warning (with a "did you mean").
+        a ``ValueError``. When something else is the reason (a frozen model for ``GradientMonitor``, compiled code for
+        ``ActivationMonitor``), one warning says so instead; a model with nothing of the kind at all (no parameters)
+        is silent. A ``module_types`` entry that matches no module while the others do is a warning (with a "did
+        you mean").
         """
         me = type(self).__name__
         model = type(pl_module).__name__
@@ -345,10 +346,8 @@ class _LayerMonitor(Callback):
                 )
         if self._watch_names(pl_module):
             return
-        everything = self._selection(pl_module, (), (), ())
-        if not everything:
-            rank_zero_warn(f"{me}: {model} has no {self._watches} this monitor can watch; it will log nothing.")
-            return
+        if not self._selection(pl_module, (), (), ()):
+            return  # a model without parameters (or modules) to watch: nothing to say, nothing to log
         typed = self._selection(pl_module, self.module_types, (), ())
         if self.module_types and not typed:
             names = [t if isinstance(t, str) else t.__name__ for t in self.module_types]

@@ -21,10 +21,19 @@ from typing_extensions import override
 from lightning_init.argtypes import FiniteFloat, OpenUnitInterval, PositiveFiniteFloat, PositiveInt
 from lightning_init.callbacks._compat import sharded_strategy
 from lightning_init.checks import check_bool, check_seed
-from lightning_init.init import InitReport, init_module
-from lightning_init.lsuv import _default_forward, check_lsuv_args
+from lightning_init.graph import call_with, to_device
+from lightning_init.init import RESIDUAL_PRESETS, InitReport, ResidualPreset, init_module, materialize_
+from lightning_init.lsuv import check_lsuv_args, default_forward
 from lightning_init.rules import InitRule, as_rules
-from lightning_init.schemes import DATA_SCHEMES, FanMode, Nonlinearity, SchemeName, check_magnitude, validate_scheme
+from lightning_init.schemes import (
+    DATA_SCHEMES,
+    FanMode,
+    Nonlinearity,
+    SchemeName,
+    check_choice,
+    check_magnitude,
+    validate_scheme,
+)
 from lightning_init.writers import log_text
 
 if TYPE_CHECKING:
@@ -98,6 +107,12 @@ class WeightInit(Callback):
         lsuv_tol: LSUV's tolerance on each layer's output variance, ``|var - 1| <= lsuv_tol``, in ``(0, 1)``
             (default 0.1). Only with ``scheme="lsuv"`` or an ``lsuv`` rule.
         lsuv_max_iters: LSUV's maximum number of rescalings per layer, ``>= 1`` (default 10). Only with LSUV.
+        residual: A residual preset (``"none"``, ``"zero_last_norm"``, ``"scaled"``, ``"fixup"``; see
+            :func:`lightning_init.init_module`); needs ``example_input_array`` unless the model traces with torch.fx.
+
+    **Lazy modules** (``nn.LazyLinear``...): materialized by the dry forward of ``example_input_array``; without one,
+    initialization waits for the first training batch (as LSUV does) and materializes them with a dry forward of that
+    batch (the same conventions as LSUV: ``pl_module(batch)``, ``batch[0]``, ``batch["x"]`` or ``lsuv_forward``).
 
     Raises:
         ValueError: In ``__init__``, for an unknown scheme (with the closest name), a parameter the scheme does not
@@ -134,6 +149,7 @@ class WeightInit(Callback):
         weights_loaded: bool = False,
         lsuv_tol: OpenUnitInterval | None = None,
         lsuv_max_iters: PositiveInt | None = None,
+        residual: ResidualPreset = "none",
     ) -> None:
         params = {"mean": mean, "std": std, "a": a, "b": b, "mode": mode, "nonlinearity": nonlinearity}
         params |= {"gain": gain, "value": value}
@@ -146,6 +162,8 @@ class WeightInit(Callback):
         self.weights_loaded = check_bool("weights_loaded", weights_loaded)
         self.lsuv_tol = 0.1 if lsuv_tol is None else lsuv_tol
         self.lsuv_max_iters = 10 if lsuv_max_iters is None else lsuv_max_iters
+        check_choice("residual", residual, RESIDUAL_PRESETS)
+        self.residual = residual
         self._data_dependent = scheme in DATA_SCHEMES or any(r.scheme in DATA_SCHEMES for r in self.rules)
         if self._data_dependent:
             check_lsuv_args(self.lsuv_tol, self.lsuv_max_iters, prefix="lsuv_")
@@ -196,8 +214,12 @@ class WeightInit(Callback):
             self._applied, self._model = True, weakref.ref(pl_module)
             rank_zero_info("WeightInit: weights_loaded=True and no rules; weights left unchanged.")
             return
-        if self._data_dependent:
-            _check_lsuv_forward(pl_module)
+        if _has_lazy(pl_module) and pl_module.example_input_array is not None:
+            x = to_device(pl_module.example_input_array, pl_module.device)
+            materialize_(pl_module, lambda: call_with(pl_module, x))  # before the monitors' first look, too
+        if self._data_dependent or _has_lazy(pl_module):
+            if self._data_dependent:
+                _check_lsuv_forward(pl_module)
             self._pending = True  # applied at the first training batch: see on_train_batch_start
             return
         self._apply(trainer, pl_module, batch=None)
@@ -218,7 +240,10 @@ class WeightInit(Callback):
     def _apply(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", batch: Any) -> None:
         """Initialize, synchronize ranks, report. The one place a scheme is resolved and applied."""
         again = self._applied  # this object initialized another model in an earlier fit
-        if batch is not None:
+        if batch is not None and _has_lazy(pl_module) and pl_module.example_input_array is None:
+            run = _lsuv_forward(pl_module) or default_forward
+            materialize_(pl_module, lambda: run(pl_module, batch))
+        if batch is not None and self._data_dependent:
             _probe_lsuv_forward(pl_module, batch, self.scheme, self.lsuv_tol, self.lsuv_max_iters)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -234,6 +259,7 @@ class WeightInit(Callback):
                 lsuv_forward=_lsuv_forward(pl_module),
                 lsuv_tol=self.lsuv_tol,
                 lsuv_max_iters=self.lsuv_max_iters,
+                residual=self.residual,
                 **self.params,
             )
         _broadcast_from_rank_zero(trainer, pl_module)
@@ -300,7 +326,7 @@ def _probe_lsuv_forward(pl_module: "pl.LightningModule", batch: Any, scheme: str
     custom = callable(getattr(pl_module, LSUV_FORWARD_HOOK, None))
     if not custom:
         check_lsuv_args(tol, max_iters, batch)  # a batch the default forward cannot read: its own message
-    forward = _lsuv_forward(pl_module) or _default_forward
+    forward = _lsuv_forward(pl_module) or default_forward
     flags = [(m, m.training) for m in pl_module.modules()]
     try:
         with torch.random.fork_rng(devices=[]), torch.no_grad(), _eager():
@@ -344,6 +370,10 @@ def _lsuv_forward(pl_module: "pl.LightningModule") -> Callable[[torch.nn.Module,
     if not callable(method):
         return None
     return lambda _module, batch: method(batch)
+
+
+def _has_lazy(module: torch.nn.Module) -> bool:
+    return any(isinstance(p, torch.nn.parameter.UninitializedParameter) for p in module.parameters())
 
 
 def _broadcast_from_rank_zero(trainer: "pl.Trainer", module: torch.nn.Module) -> None:

@@ -19,16 +19,21 @@ from lightning_init.health.thresholds import (
     _INF,
     DEAD_FRACTION,
     EXPLODING_ACTIVATION_RATIO,
+    EXPLODING_BACKPROP_GROWTH,
     EXPLODING_GRAD_GROWTH,
     EXPLODING_GRAD_NORM,
+    OVERFLOW_FRACTION,
     SATURATED_FRACTION,
     SYMMETRIC_SPREAD,
+    UNDERFLOW_FRACTION,
     UPDATE_RATIO_HIGH,
     UPDATE_RATIO_LOW,
     VANISHING_ACTIVATION_RATIO,
+    VANISHING_BACKPROP_RATIO,
     VANISHING_GRAD_FLOOR,
     VANISHING_GRAD_RATIO,
     _validate_activations,
+    _validate_backprop,
     _validate_grads,
     _validate_weights,
 )
@@ -43,6 +48,7 @@ __all__ = [
     "OnAnomaly",
     "Rule",
     "check_activations",
+    "check_backprop",
     "check_grads",
     "check_weights",
     "merge_findings",
@@ -58,12 +64,16 @@ Rule = Literal[
     "nonfinite",
     "symmetric",
     "update_ratio",
+    "vanishing_backprop",
+    "exploding_backprop",
+    "underflow",
+    "overflow",
 ]
 #: Every rule name, in documentation order.
 RULES: tuple[Rule, ...] = get_args(Rule)
 
 #: What a table describes; the prefixes of the monitors' tags (``weight_std``, ``grad_norm``, ``activation_std``).
-Kind = Literal["weight", "grad", "activation"]
+Kind = Literal["weight", "grad", "activation", "output_grad"]
 KINDS: tuple[Kind, ...] = get_args(Kind)
 
 #: What a monitor does on a finding: warn once per (rule, layer), stop training gracefully, or raise HealthError.
@@ -72,11 +82,25 @@ OnAnomaly = Literal["warn", "stop", "raise"]
 #: The rules each check function can fire.
 RULES_BY_KIND: dict[Kind, tuple[Rule, ...]] = {
     "weight": ("nonfinite", "symmetric", "update_ratio"),
-    "grad": ("nonfinite", "vanishing_grad", "exploding_grad"),
-    "activation": ("nonfinite", "vanishing_activation", "exploding_activation", "dead", "saturated"),
+    "grad": ("nonfinite", "vanishing_grad", "exploding_grad", "underflow", "overflow"),
+    "activation": (
+        "nonfinite",
+        "vanishing_activation",
+        "exploding_activation",
+        "dead",
+        "saturated",
+        "underflow",
+        "overflow",
+    ),
+    "output_grad": ("nonfinite", "vanishing_backprop", "exploding_backprop"),
 }
 
-_KIND_WORD: dict[Kind, str] = {"weight": "weights", "grad": "gradients", "activation": "activations"}
+_KIND_WORD: dict[Kind, str] = {
+    "weight": "weights",
+    "grad": "gradients",
+    "activation": "activations",
+    "output_grad": "backprop signals (dL/d output)",
+}
 
 
 @dataclass(frozen=True)
@@ -154,6 +178,44 @@ _M_GRAD_FLOOR = _case("vanishing_grad", "grad norm", "vanishing gradients", "<",
 _M_GRAD_CEILING = _case("exploding_grad", "grad norm (ceiling)", "exploding gradients", ">", _REMEDY_EXPLODING)
 _M_GRAD_GROWTH = _case(
     "exploding_grad", "grad norm relative to the smallest deeper layer's", "exploding gradients", ">", _REMEDY_EXPLODING
+)
+_M_BACKPROP_VANISHING = _case(
+    "vanishing_backprop",
+    "||dL/d output|| relative to the largest deeper layer's",
+    "vanishing backprop signal",
+    "<",
+    "The gradient with respect to the layer outputs shrinks on its way back to the input, so the early layers "
+    "barely learn: use Kaiming (He) init for ReLU layers and Xavier (Glorot) or orthogonal init for tanh/sigmoid "
+    "layers instead of a too-small std, or add normalization / residual connections.",
+)
+_M_BACKPROP_EXPLODING = _case(
+    "exploding_backprop",
+    "||dL/d output|| relative to the smallest deeper layer's",
+    "exploding backprop signal",
+    ">",
+    "The gradient with respect to the layer outputs grows on its way back to the input: use Kaiming (He) / Xavier "
+    "(Glorot) init instead of a too-large std, lower the learning rate, or clip gradients "
+    "(Trainer(gradient_clip_val=1.0)).",
+)
+_M_UNDERFLOW = _case(
+    "underflow",
+    "fraction of elements below the 16-bit format's smallest normal",
+    "16-bit underflow in {kind}",
+    ">",
+    "Values below the format's smallest normal lose precision and flush to zero on flush-to-zero hardware: for "
+    "gradients under precision='16-mixed' keep loss scaling on (GradScaler) and give it a larger init_scale, or "
+    "switch to precision='bf16-mixed' (bfloat16 has float32's range); for a layer's outputs rescale the layer (a "
+    "larger init scale, a normalization layer).",
+)
+_M_OVERFLOW = _case(
+    "overflow",
+    "fraction of elements above half the 16-bit format's largest value",
+    "16-bit overflow in {kind}",
+    ">",
+    "Values within a factor 2 of the format's largest finite value become inf at the next doubling: switch to "
+    "precision='bf16-mixed' (bfloat16 has float32's range), give the GradScaler a smaller init_scale if these are "
+    "gradients (occasional overflows are how it finds its scale: act when they persist), or rescale the layer "
+    "(smaller init, normalization, lower learning rate).",
 )
 _M_ACT_VANISHING = _case(
     "vanishing_activation",
@@ -290,6 +352,20 @@ def _nonfinite(kind: Kind, name: str, row: Mapping[str, float], step: int) -> Fi
     return None
 
 
+def _headroom(
+    kind: Kind, name: str, row: Mapping[str, float], step: int, underflow_fraction: float, overflow_fraction: float
+) -> list[Finding]:
+    """``underflow`` / ``overflow`` of one row (present only for tensors in a 16-bit format)."""
+    out = []
+    under = _get(row, "underflow")
+    if under is not None and under > underflow_fraction:
+        out.append(_build("underflow", kind, (name,), _M_UNDERFLOW, under, underflow_fraction, step))
+    over = _get(row, "overflow")
+    if over is not None and over > overflow_fraction:
+        out.append(_build("overflow", kind, (name,), _M_OVERFLOW, over, overflow_fraction, step))
+    return out
+
+
 def check_weights(
     table: Mapping[str, Mapping[str, float]],
     *,
@@ -342,6 +418,8 @@ def check_grads(
     vanishing_grad_floor: float = VANISHING_GRAD_FLOOR,
     exploding_grad_norm: float = EXPLODING_GRAD_NORM,
     exploding_grad_growth: float = EXPLODING_GRAD_GROWTH,
+    underflow_fraction: float = UNDERFLOW_FRACTION,
+    overflow_fraction: float = OVERFLOW_FRACTION,
 ) -> list[Finding]:
     """Judge a gradient table ``{parameter: {stat: value}}`` ordered input -> output (a ``"total"`` row is ignored).
 
@@ -354,6 +432,9 @@ def check_grads(
       way back to the input), or ``n_i < vanishing_grad_floor``.
     - ``exploding_grad``: ``n_i > exploding_grad_norm``, or ``n_i > exploding_grad_growth * min(n_j, j deeper)``
       over positive ``n_j`` (it grew on its way back to the input).
+    - ``underflow`` / ``overflow`` (16-bit precision only, where the table has them): the fraction of gradient
+      elements below the format's smallest normal above ``underflow_fraction`` / above half its largest value above
+      ``overflow_fraction``.
 
     Returns:
         One finding per (rule, measure, parameter), in table order.
@@ -364,6 +445,7 @@ def check_grads(
     for name, row in table.items():
         if name == "total":
             continue
+        out.extend(_headroom("grad", name, row, step, underflow_fraction, overflow_fraction))
         bad = _nonfinite("grad", name, row, step)
         if bad is not None:
             out.append(bad)
@@ -422,6 +504,8 @@ def check_activations(
     exploding_activation_ratio: float = EXPLODING_ACTIVATION_RATIO,
     dead_fraction: float = DEAD_FRACTION,
     saturated_fraction: float = SATURATED_FRACTION,
+    underflow_fraction: float = UNDERFLOW_FRACTION,
+    overflow_fraction: float = OVERFLOW_FRACTION,
 ) -> list[Finding]:
     """Judge an activation table ``{module: {stat: value}}`` ordered input -> output.
 
@@ -435,6 +519,7 @@ def check_activations(
       bound is counted.
     - ``dead``: ``zero_fraction > dead_fraction`` on a ReLU-like module (``activations.RELU_LIKE``).
     - ``saturated``: ``saturation > saturated_fraction`` on a bounded module (``activations.BOUNDED``: tanh, sigmoid).
+    - ``underflow`` / ``overflow`` (16-bit precision only): as for gradients.
 
     Returns:
         One finding per (rule, module), in table order.
@@ -443,6 +528,7 @@ def check_activations(
     out: list[Finding] = []
     first: tuple[str, float] | None = None
     for name, row in table.items():
+        out.extend(_headroom("activation", name, row, step, underflow_fraction, overflow_fraction))
         bad = _nonfinite("activation", name, row, step)
         if bad is not None:
             out.append(bad)
@@ -492,4 +578,72 @@ def check_activations(
             sat = _get(row, "saturation")
             if sat is not None and sat > saturated_fraction:
                 out.append(_build("saturated", "activation", (name,), _M_SATURATED[nl], sat, saturated_fraction, step))
+    return out
+
+
+def check_backprop(
+    table: Mapping[str, Mapping[str, float]],
+    *,
+    step: int,
+    vanishing_backprop_ratio: float = VANISHING_BACKPROP_RATIO,
+    exploding_backprop_growth: float = EXPLODING_BACKPROP_GROWTH,
+) -> list[Finding]:
+    """Judge a backprop-signal table ``{module: {stat: value}}`` (``output_grad`` of GradientMonitor), input first.
+
+    ``norm`` is ``||dL/dh||`` of the module's output ``h`` over the step's batch. With ``n_i`` that of module ``i``:
+
+    - ``nonfinite``: ``nonfinite`` > 0 when logged, else ``abs_max`` NaN/Inf (left out of the profile);
+    - ``vanishing_backprop``: ``n_i < vanishing_backprop_ratio * max(n_j, j deeper than i)``: the signal shrank on
+      its way back to the input;
+    - ``exploding_backprop``: ``n_i > exploding_backprop_growth * min(n_j, j deeper)`` over positive ``n_j``.
+
+    Returns:
+        One finding per (rule, module), in table order.
+    """
+    _validate_backprop(vanishing_backprop_ratio, exploding_backprop_growth)
+    out: list[Finding] = []
+    profile: list[tuple[str, float]] = []
+    for name, row in table.items():
+        bad = _nonfinite("output_grad", name, row, step)
+        if bad is not None:
+            out.append(bad)
+            continue
+        norm = _get(row, "norm")
+        if norm is not None and not math.isnan(norm):
+            profile.append((name, norm))
+    deeper_max, deeper_min = -_INF, _INF
+    flagged: list[Finding] = []
+    for name, norm in reversed(profile):
+        if deeper_max > 0 and math.isfinite(deeper_max) and norm < vanishing_backprop_ratio * deeper_max:
+            ratio = norm / deeper_max
+            flagged.append(
+                _build(
+                    "vanishing_backprop",
+                    "output_grad",
+                    (name,),
+                    _M_BACKPROP_VANISHING,
+                    ratio,
+                    vanishing_backprop_ratio,
+                    step,
+                )
+            )
+        elif math.isfinite(deeper_min) and norm > exploding_backprop_growth * deeper_min:
+            ratio = norm / deeper_min
+            flagged.append(
+                _build(
+                    "exploding_backprop",
+                    "output_grad",
+                    (name,),
+                    _M_BACKPROP_EXPLODING,
+                    ratio,
+                    exploding_backprop_growth,
+                    step,
+                )
+            )
+        deeper_max = max(deeper_max, norm)
+        if norm > 0:
+            deeper_min = min(deeper_min, norm)
+    out.extend(reversed(flagged))
+    order = {name: i for i, name in enumerate(table)}
+    out.sort(key=lambda f: order[f.layers[0]])
     return out

@@ -17,13 +17,17 @@ if TYPE_CHECKING:
 __all__ = [
     "DEAD_FRACTION",
     "EXPLODING_ACTIVATION_RATIO",
+    "EXPLODING_BACKPROP_GROWTH",
     "EXPLODING_GRAD_GROWTH",
     "EXPLODING_GRAD_NORM",
+    "OVERFLOW_FRACTION",
     "SATURATED_FRACTION",
     "SYMMETRIC_SPREAD",
+    "UNDERFLOW_FRACTION",
     "UPDATE_RATIO_HIGH",
     "UPDATE_RATIO_LOW",
     "VANISHING_ACTIVATION_RATIO",
+    "VANISHING_BACKPROP_RATIO",
     "VANISHING_GRAD_FLOOR",
     "VANISHING_GRAD_RATIO",
     "HealthThresholds",
@@ -41,6 +45,10 @@ SATURATED_FRACTION = 0.5
 SYMMETRIC_SPREAD = 1e-6
 UPDATE_RATIO_LOW = 1e-6
 UPDATE_RATIO_HIGH = 1e-1
+VANISHING_BACKPROP_RATIO = 1e-3
+EXPLODING_BACKPROP_GROWTH = 1e3
+UNDERFLOW_FRACTION = 1e-2
+OVERFLOW_FRACTION = 0.0
 
 # ----------------------------------------------------------------------------------------------- validation
 
@@ -79,6 +87,16 @@ def _validate_activations(
     _check("exploding_activation_ratio", exploding_activation_ratio, low=1.0, high=_INF, low_open=True)
     _check("dead_fraction", dead_fraction, low=0.0, high=1.0)
     _check("saturated_fraction", saturated_fraction, low=0.0, high=1.0)
+
+
+def _validate_backprop(vanishing_backprop_ratio: float, exploding_backprop_growth: float) -> None:
+    _check("vanishing_backprop_ratio", vanishing_backprop_ratio, low=0.0, high=1.0, high_open=True)
+    _check("exploding_backprop_growth", exploding_backprop_growth, low=1.0, high=_INF, low_open=True)
+
+
+def _validate_headroom(underflow_fraction: float, overflow_fraction: float) -> None:
+    _check("underflow_fraction", underflow_fraction, low=0.0, high=1.0)
+    _check("overflow_fraction", overflow_fraction, low=0.0, high=1.0)
 
 
 def _validate_weights(symmetric_spread: float, update_ratio_low: float, update_ratio_high: float) -> None:
@@ -121,6 +139,17 @@ class HealthThresholds:
         update_ratio_low: a non-zero update ratio below this is frozen; ``1e-6`` is three decades under the
             healthy ~1e-3.
         update_ratio_high: an update ratio above this is unstable; ``1e-1``: 10% of the weight norm per step.
+        vanishing_backprop_ratio: ``||dL/dh||`` of a layer's output this many times smaller than a deeper layer's
+            is vanishing. ``1e-3``: theory keeps it constant across depth (exactly under orthogonal weights, in
+            expectation under fan-in scaled init: ``E||W^T g||^2 = fan_in * Var(W) * ||g||^2``); the healthy
+            architectures lose at most ~1 decade (a global average pool over ``P`` positions divides it by
+            ``sqrt(P)``: 1/7 over 7x7), a 20-layer ``normal(std=0.01)`` net ~1e-20.
+        exploding_backprop_growth: the same ratio above this (against the smallest deeper layer's) explodes; ``1e3``.
+        underflow_fraction: under 16-bit precision, a tensor with more than this fraction of its elements below the
+            format's smallest normal underflows. ``1e-2``: a unit Gaussian has a fraction ``1.6 * tiny`` there
+            (1e-4 for float16), a loss-scaled fp16 gradient ~0; unscaled fp16 gradients of ~1e-5 sit there entirely.
+        overflow_fraction: a tensor with more than this fraction of its elements above half the format's largest
+            value overflows; ``0``: a single such element is one doubling from inf.
 
     Raises:
         ValueError: naming the argument and the value when a threshold is out of its range.
@@ -137,6 +166,10 @@ class HealthThresholds:
     symmetric_spread: float = SYMMETRIC_SPREAD
     update_ratio_low: float = UPDATE_RATIO_LOW
     update_ratio_high: float = UPDATE_RATIO_HIGH
+    vanishing_backprop_ratio: float = VANISHING_BACKPROP_RATIO
+    exploding_backprop_growth: float = EXPLODING_BACKPROP_GROWTH
+    underflow_fraction: float = UNDERFLOW_FRACTION
+    overflow_fraction: float = OVERFLOW_FRACTION
 
     def __post_init__(self) -> None:
         _validate_grads(
@@ -149,6 +182,8 @@ class HealthThresholds:
             self.saturated_fraction,
         )
         _validate_weights(self.symmetric_spread, self.update_ratio_low, self.update_ratio_high)
+        _validate_backprop(self.vanishing_backprop_ratio, self.exploding_backprop_growth)
+        _validate_headroom(self.underflow_fraction, self.overflow_fraction)
 
     def check(
         self,
@@ -159,7 +194,13 @@ class HealthThresholds:
         nonlinearities: Mapping[str, str | None] | None = None,
     ) -> list[Finding]:
         """Run the check function of ``kind`` with these thresholds."""
-        from lightning_init.health.rules import KINDS, check_activations, check_grads, check_weights  # rules use us
+        from lightning_init.health.rules import (  # rules use us
+            KINDS,
+            check_activations,
+            check_backprop,
+            check_grads,
+            check_weights,
+        )
 
         t = self
         if kind == "weight":
@@ -178,6 +219,8 @@ class HealthThresholds:
                 vanishing_grad_floor=t.vanishing_grad_floor,
                 exploding_grad_norm=t.exploding_grad_norm,
                 exploding_grad_growth=t.exploding_grad_growth,
+                underflow_fraction=t.underflow_fraction,
+                overflow_fraction=t.overflow_fraction,
             )
         if kind == "activation":
             return check_activations(
@@ -188,5 +231,14 @@ class HealthThresholds:
                 exploding_activation_ratio=t.exploding_activation_ratio,
                 dead_fraction=t.dead_fraction,
                 saturated_fraction=t.saturated_fraction,
+                underflow_fraction=t.underflow_fraction,
+                overflow_fraction=t.overflow_fraction,
+            )
+        if kind == "output_grad":
+            return check_backprop(
+                table,
+                step=step,
+                vanishing_backprop_ratio=t.vanishing_backprop_ratio,
+                exploding_backprop_growth=t.exploding_backprop_growth,
             )
         raise ValueError(f"`kind` must be one of {list(KINDS)}, got {kind!r}")

@@ -28,16 +28,20 @@ from lightning_init.heatmap import ProfileHistory, depth_profile_image
 __all__ = ["PROFILE_STAT", "HealthTracker", "health_tag", "profile_of"]
 
 
+#: Rules several kinds fire: their tag carries the kind (``health/nonfinite_grad``, ``health/underflow_activation``).
+PER_KIND_RULES: frozenset[str] = frozenset({"nonfinite", "underflow", "overflow"})
+
+
 def health_tag(rule: Rule, kind: Kind) -> str:
     """Scalar tag for the count of flagged layers: ``health/{rule}``, or ``health/nonfinite_{kind}``.
 
     ``nonfinite`` is the one rule every kind fires; the kind suffix keeps the three monitors from writing the same tag.
     """
-    return f"health/nonfinite_{kind}" if rule == "nonfinite" else f"health/{rule}"
+    return f"health/{rule}_{kind}" if rule in PER_KIND_RULES else f"health/{rule}"
 
 
 #: Which statistic each kind's depth-profile heatmap shows.
-PROFILE_STAT: dict[Kind, str] = {"weight": "update_ratio", "grad": "norm", "activation": "std"}
+PROFILE_STAT: dict[Kind, str] = {"weight": "update_ratio", "grad": "norm", "activation": "std", "output_grad": "norm"}
 
 
 def profile_of(
@@ -52,7 +56,7 @@ def profile_of(
     for name, row in table.items():
         if name == "total" or stat not in row:
             continue
-        if (kind == "activation" and nls.get(name) is not None) or (kind != "activation" and _is_bias(name)):
+        if (kind == "activation" and nls.get(name) is not None) or (kind in ("weight", "grad") and _is_bias(name)):
             continue
         out[name] = float(row[stat])
     return out

@@ -7,10 +7,9 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
+from lightning_init.figures import ProfileHistory, depth_profile_figure, heatmap_figure
 from lightning_init.health.rules import (
     _CASES,
     _KIND_WORD,
@@ -23,9 +22,11 @@ from lightning_init.health.rules import (
     _is_bias,
     merge_findings,
 )
-from lightning_init.heatmap import ProfileHistory, depth_profile_image
 
-__all__ = ["PROFILE_STAT", "HealthTracker", "health_tag", "profile_of"]
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+__all__ = ["PROFILE_LABEL", "PROFILE_STAT", "HealthTracker", "health_tag", "profile_of"]
 
 
 def health_tag(rule: Rule, kind: Kind) -> str:
@@ -38,6 +39,8 @@ def health_tag(rule: Rule, kind: Kind) -> str:
 
 #: Which statistic each kind's depth-profile heatmap shows.
 PROFILE_STAT: dict[Kind, str] = {"weight": "update_ratio", "grad": "norm", "activation": "std"}
+#: What that statistic is called on the figures' axes.
+PROFILE_LABEL: dict[Kind, str] = {"weight": "update ratio", "grad": "grad norm", "activation": "activation std"}
 
 
 def profile_of(
@@ -74,7 +77,7 @@ class HealthTracker:
 
     Args:
         kind: the kind of statistics this tracker follows.
-        max_columns: heatmap columns kept (see :class:`lightning_init.heatmap.ProfileHistory`).
+        max_columns: heatmap columns kept (see :class:`lightning_init.figures.ProfileHistory`).
 
     Example::
 
@@ -184,14 +187,27 @@ class HealthTracker:
             lines.append(f"| {cell} | {s.kind} | {rules} | {s.first_step} | {s.last_step} | {values} |")
         return "\n".join(lines)
 
-    def heatmap(self, **kwargs: Any) -> np.ndarray | None:
-        """The depth-profile picture of the history (:func:`~lightning_init.heatmap.depth_profile_image` kwargs),
-        or ``None`` before any profile was fed.
+    def heatmap(self) -> Figure | None:
+        """The depth-profile heatmap of the history (:func:`lightning_init.figures.heatmap_figure`: layers x logged
+        steps, log10 colour), or ``None`` before any profile was fed.
         """  # noqa: D205
-        values, _, _ = self.history.matrix()
+        values, layers, steps = self.history.matrix()
         if values.size == 0:
             return None
-        return depth_profile_image(values, **kwargs)
+        label = PROFILE_LABEL[self.kind]
+        return heatmap_figure(values, layers, steps, title=f"{label} by layer (input at the top) and step", label=label)
+
+    def depth_profile(self) -> Figure | None:
+        """The coord-check chart of the history (:func:`lightning_init.figures.depth_profile_figure`: one line per
+        logged step across the layers), or ``None`` before any profile was fed.
+        """  # noqa: D205
+        values, layers, steps = self.history.matrix()
+        if values.size == 0:
+            return None
+        label = PROFILE_LABEL[self.kind]
+        return depth_profile_figure(
+            values, layers, steps, title=f"{label} across depth, one line per logged step", label=label
+        )
 
     def state_dict(self) -> dict[str, Any]:
         """Plain-Python state (for a callback's ``state_dict``)."""

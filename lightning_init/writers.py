@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -334,43 +334,87 @@ def log_scalars(trainer: "pl.Trainer", metrics: Mapping[str, float], step: int) 
         logger.log_metrics(dict(metrics), step=step)
 
 
-#: Charts requested by monitors, per trainer (weakly held), until the layout is written: kind -> stats.
-_LAYOUT_REQUESTS: weakref.WeakKeyDictionary[Any, dict[str, list[str]]] = weakref.WeakKeyDictionary()
+#: Charts requested by monitors, per trainer (weakly held), until the layout is written.
+_LAYOUT_REQUESTS: weakref.WeakKeyDictionary[Any, _Requests] = weakref.WeakKeyDictionary()
 #: Writers that already received a layout (``SummaryWriter.add_custom_scalars`` may be called once per writer).
 _LAYOUT_WRITTEN: weakref.WeakSet[Any] = weakref.WeakSet()
 
+#: The tag of the total: layers flagged by any rule (every monitor of the trainer) at the latest logging step.
+HEALTH_TOTAL = "health/total"
+#: The order of the health charts (the first category of the layout) and their titles.
+_HEALTH_GROUPS: dict[str, str] = {
+    "grad": "health: gradient rules",
+    "activation": "health: activation rules",
+    "weight": "health: weight rules",
+}
 
-#: The pseudo-kind under which monitors request the health chart (see :func:`layout`).
-HEALTH_CHART = "health"
+
+class _Requests:
+    """What the monitors of one trainer asked for: health tags per kind, statistics per kind, per-layer charts."""
+
+    def __init__(self) -> None:
+        self.health: dict[str, list[str]] = {}
+        self.stats: dict[str, list[str]] = {}
+        self.per_layer: set[str] = set()
 
 
-def request_health_chart(trainer: "pl.Trainer") -> None:
-    """Ask for the ``health`` chart (every ``health/*`` count on one multi-line chart) in the run's layout."""
-    _LAYOUT_REQUESTS.setdefault(trainer, {}).setdefault(HEALTH_CHART, [])
+def request_health_chart(trainer: "pl.Trainer", kind: str = "", tags: Sequence[str] = ()) -> None:
+    """Ask for the health charts: ``health/total`` and one chart of ``kind``'s ``health/*`` tags (all if empty)."""
+    requests = _LAYOUT_REQUESTS.setdefault(trainer, _Requests())
+    merged = requests.health.setdefault(kind, [])
+    merged.extend(t for t in tags if t not in merged)
 
 
-def request_layout(trainer: "pl.Trainer", kind: str, stats: Sequence[str]) -> None:
-    """Ask for one multi-line chart per ``(kind, stat)`` in the run's custom-scalars layout (:func:`write_layout`)."""
-    charts = _LAYOUT_REQUESTS.setdefault(trainer, {})
-    merged = charts.setdefault(kind, [])
+def request_layout(trainer: "pl.Trainer", kind: str, stats: Sequence[str], *, per_layer: bool = False) -> None:
+    """Ask for ``kind``'s charts: the summary (``grad_norm/total``), and with ``per_layer`` one multi-line chart per
+    ``(kind, stat)`` with every layer on it (:func:`layout`).
+    """  # noqa: D205
+    requests = _LAYOUT_REQUESTS.setdefault(trainer, _Requests())
+    merged = requests.stats.setdefault(kind, [])
     merged.extend(s for s in stats if s not in merged)
+    if per_layer:
+        requests.per_layer.add(kind)
 
 
-def layout(charts: Mapping[str, Sequence[str]]) -> dict[str, dict[str, list[Any]]]:
-    """The custom-scalars layout: category ``lightning_init/{kind}``, one ``Multiline`` chart per stat.
+def _exact(tags: Sequence[str]) -> str:
+    return "^(" + "|".join(re.escape(t) for t in tags) + ")$"
 
-    Each chart is titled ``{kind}_{stat}`` and matches the regex ``^{kind}_{stat}/``, so every layer (and
-    ``grad_norm/total``) is a line of the same chart: a vanishing or exploding depth profile is visible at a glance.
-    When :data:`HEALTH_CHART` was requested (:func:`request_health_chart`), category ``lightning_init/health`` holds
-    one chart ``health`` matching ``^health/``: the number of flagged layers of every rule over time.
+
+def layout(
+    charts: Mapping[str, Sequence[str]],
+    health: Mapping[str, Sequence[str]] | None = None,
+    per_layer: Iterable[str] | None = None,
+) -> dict[str, dict[str, list[Any]]]:
+    """The custom-scalars layout, health first, few lines per chart by default.
+
+    1. ``lightning_init/health`` (when health was requested): ``health/total`` (one line per run), then one chart per
+       kind with that kind's ``health/*`` counts (matched exactly; ``health/*`` as a whole when no tags were given).
+    2. ``lightning_init/summary``: ``grad_norm/total`` when gradients are monitored.
+    3. Only for the kinds in ``per_layer``: ``lightning_init/{kind}``, one ``Multiline`` chart ``{kind}_{stat}`` per
+       statistic matching ``^{kind}_{stat}/``, every layer a line. Opt-in: with many layers and many runs such charts
+       draw hundreds of lines (the depth-profile figures in the Images tab show the same at a glance).
+
+    Args:
+        charts: kind -> statistics the monitors log.
+        health: kind -> its ``health/*`` tags (``""`` -> all ``health/*``); ``None``: no health charts.
+        per_layer: kinds whose per-layer charts are wanted.
     """
-    out: dict[str, dict[str, list[Any]]] = {
-        f"lightning_init/{kind}": {f"{kind}_{stat}": ["Multiline", [f"^{kind}_{stat}/"]] for stat in stats}
-        for kind, stats in charts.items()
-        if stats and kind != HEALTH_CHART
-    }
-    if HEALTH_CHART in charts:
-        out[f"lightning_init/{HEALTH_CHART}"] = {HEALTH_CHART: ["Multiline", [f"^{HEALTH_CHART}/"]]}
+    out: dict[str, dict[str, list[Any]]] = {}
+    if health is not None:
+        group: dict[str, list[Any]] = {HEALTH_TOTAL: ["Multiline", [_exact([HEALTH_TOTAL])]]}
+        for kind in sorted(health, key=lambda k: list(_HEALTH_GROUPS).index(k) if k in _HEALTH_GROUPS else 99):
+            tags = list(health[kind])
+            if tags:
+                group[_HEALTH_GROUPS.get(kind, f"health: {kind} rules")] = ["Multiline", [_exact(tags)]]
+            else:
+                group["health"] = ["Multiline", ["^health/"]]
+        out["lightning_init/health"] = group
+    if "grad" in charts:
+        out["lightning_init/summary"] = {"grad_norm/total": ["Multiline", ["^grad_norm/total"]]}
+    for kind in per_layer or ():
+        stats = charts.get(kind, [])
+        if stats:
+            out[f"lightning_init/{kind}"] = {f"{kind}_{stat}": ["Multiline", [f"^{kind}_{stat}/"]] for stat in stats}
     return out
 
 
@@ -380,11 +424,14 @@ def write_layout(trainer: "pl.Trainer") -> None:
     Called when training starts, after every monitor's ``setup`` requested its charts, because TensorBoard keeps one
     layout per run and ``add_custom_scalars`` may be called only once per writer.
     """
-    charts = _LAYOUT_REQUESTS.pop(trainer, None)
+    requests = _LAYOUT_REQUESTS.pop(trainer, None)
+    if requests is None:
+        return
+    charts = layout(requests.stats, requests.health or None, sorted(requests.per_layer))
     if not charts:
         return
     for writer in tensorboard_writers(trainer):
         if writer in _LAYOUT_WRITTEN:
             continue
-        writer.add_custom_scalars(layout(charts))
+        writer.add_custom_scalars(charts)
         _LAYOUT_WRITTEN.add(writer)

@@ -32,7 +32,8 @@ def fit(loggers) -> list[str]:
     )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        trainer.fit(MLPClassifier(depth=3, width=16), datamodule=TeacherDataModule(n_train=256, n_val=32, batch_size=32))
+        data = TeacherDataModule(n_train=256, n_val=32, batch_size=32)
+        trainer.fit(MLPClassifier(depth=3, width=16), datamodule=data)
     return [str(w.message) for w in caught if "lightning_init:" in str(w.message)]
 
 
@@ -143,7 +144,10 @@ def test_tensorboard_is_not_warned_and_an_unknown_logger_is_warned_once(tmp_path
 
     class Plain(Logger):
         name, version = "plain", 0
-        seen: list = []
+
+        def __init__(self):
+            super().__init__()
+            self.seen = []
 
         def log_metrics(self, metrics, step=None):
             self.seen.append(step)

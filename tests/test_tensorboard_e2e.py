@@ -124,7 +124,7 @@ def test_text_reports(server):
 
 
 def test_custom_scalars_layout_opens_on_health_and_stays_small(server):
-    base, results = server
+    base, _ = server
     layout = _get(base, "data/plugin/custom_scalars/layout")
     categories = [cat["title"] for cat in layout["category"]]
     assert categories[0] == "lightning_init/health", categories

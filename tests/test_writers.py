@@ -65,7 +65,7 @@ def test_layout_is_merged_and_written_once_per_writer(tmp_path: Path) -> None:
     assert len(configs) == 1
     layout = layout_pb2.Layout()
     layout.ParseFromString(configs[0].tensor_proto.string_val[0])
-    assert [cat.title for cat in layout.category][0] == "lightning_init/health"
+    assert layout.category[0].title == "lightning_init/health"
     assert [c.title for cat in layout.category for c in cat.chart] == [
         "health/total",
         "health: gradient rules",

@@ -49,7 +49,7 @@ def test_csv_logger_gets_scalars_figures_and_reports_as_files(tmp_path):
     root = Path(logger.log_dir)
     header = (root / "metrics.csv").read_text().splitlines()[0].split(",")
     assert {"grad_norm/total", "health/vanishing_grad", "activation_std/net.0"} <= set(header)
-    for tag in ("health/grad_heatmap", "health/grad_depth_profile", "health/activation_heatmap"):
+    for tag in ("health/grad_heatmap", "health/activation_heatmap"):
         pngs = sorted((root / "images" / tag).glob("step_*.png"))
         assert pngs, tag
         is_png_of_a_figure(pngs[-1].read_bytes())
@@ -74,7 +74,6 @@ def test_mlflow_logger_gets_scalars_images_and_report_artifacts(tmp_path, monkey
     images = list((run / "artifacts" / "images").glob("health~grad_heatmap+step+*.png"))
     assert images, sorted(p.name for p in (run / "artifacts").rglob("*"))[:20]
     is_png_of_a_figure(images[0].read_bytes())
-    assert list((run / "artifacts" / "images").glob("health~activation_depth_profile+step+*.png"))
     report = (run / "artifacts" / "health" / "grad_report" / f"step_{STEPS}.md").read_text()
     assert markdown_table(report)[0][:3] == ["layer", "kind", "health"]
     assert (run / "artifacts" / "weight_init" / "report" / "step_0.md").is_file()

@@ -4,7 +4,9 @@ logger's own files (CSV directory, MLflow file store, W&B offline run). One warn
 import io
 import json
 import struct
+import time
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -84,7 +86,8 @@ def test_mlflow_logger_gets_scalars_images_and_report_artifacts(tmp_path, monkey
 
 
 def wandb_records(path: Path) -> list:
-    """The records of a W&B run file (LevelDB log format: 32 KiB blocks of CRC32C/length/type-framed chunks)."""
+    """The complete records of a W&B run file (LevelDB log format: 32 KiB blocks of CRC32/length/type-framed
+    chunks); stops at a chunk not fully written yet."""
     from wandb.proto import wandb_internal_pb2
 
     data = path.read_bytes()
@@ -94,8 +97,10 @@ def wandb_records(path: Path) -> list:
         if block - pos % block < 7:  # a block's tail too short for a header is padding
             pos += block - pos % block
             continue
-        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
         chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
+        if len(chunk) < length or zlib.crc32(bytes([kind]) + chunk) != crc:
+            break  # still being written
         if kind == 0:
             continue
         pending += chunk
@@ -118,6 +123,11 @@ def test_wandb_offline_gets_scalars_images_tables_and_histograms(tmp_path, monke
     finally:
         logger.experiment.finish()
     (run_file,) = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
+    # `finish()` may return before W&B's service has written the last records: wait for the run's exit record.
+    deadline = time.monotonic() + 60
+    while not any(r.WhichOneof("record_type") == "exit" for r in wandb_records(run_file)):
+        assert time.monotonic() < deadline, "the W&B run file never got its exit record"
+        time.sleep(0.2)
     history: dict[str, list[str]] = {}
     for record in wandb_records(run_file):
         if record.WhichOneof("record_type") == "history":

@@ -405,7 +405,7 @@ def run_one(
         logger=logger,
         callbacks=[
             WeightInit(scheme=scheme.scheme, seed=seed, **scheme.params),  # type: ignore[arg-type]
-            *monitors(every_n_steps, histogram_every_n_steps=max(steps // 4, 1)),
+            *monitors(every_n_steps, histogram_every_n_steps=max(steps // 2, 1)),
             *extra_callbacks,
         ],
         enable_progress_bar=False,
@@ -724,7 +724,7 @@ def _compare_one(
     callbacks: list[Callback] = trainer.callbacks  # type: ignore[attr-defined]
     kept = [c for c in callbacks if not isinstance(c, WeightInit)]
     has_monitors = {type(c) for c in kept} & {WeightMonitor, ActivationMonitor, GradientMonitor}
-    added = [] if has_monitors else monitors(every_n_steps, histogram_every_n_steps=max(steps // 4, 1))
+    added = [] if has_monitors else monitors(every_n_steps, histogram_every_n_steps=max(steps // 2, 1))
     init = WeightInit(scheme=scheme.scheme, seed=seed, **scheme.params)  # type: ignore[arg-type]
     trainer.callbacks = [init, *kept, *added, *extra_callbacks]  # type: ignore[attr-defined]
     trainer.fit(cli.model, datamodule=cli.datamodule)

@@ -266,10 +266,16 @@ def wants_images(trainer: "pl.Trainer") -> bool:
     return trainer.global_rank == 0 and any(IMAGES in senders(logger) for logger in trainer.loggers)
 
 
-def log_image(trainer: "pl.Trainer", tag: str, image: Figure | Rendered | np.ndarray, step: int) -> None:
-    """Send a picture to every logger that takes images: a matplotlib ``Figure`` (drawn once, only if some logger
-    takes images: :func:`lightning_init.figures.render`), a drawn :class:`~lightning_init.figures.Rendered`, or an
-    ``uint8`` ``(H, W, 3)`` RGB array (encoded as PNG once).
+def log_image(
+    trainer: "pl.Trainer",
+    tag: str,
+    image: Figure | Rendered | np.ndarray | Callable[[], Figure | None],
+    step: int,
+) -> None:
+    """Send a picture to every logger that takes images: a matplotlib ``Figure`` (drawn once:
+    :func:`lightning_init.figures.render`), a drawn :class:`~lightning_init.figures.Rendered`, an ``uint8``
+    ``(H, W, 3)`` RGB array (encoded as PNG once), or a function that makes the figure (called only if some logger
+    takes images; ``None``: nothing to draw).
     """  # noqa: D205
     from lightning_init.figures import Rendered, render
 
@@ -278,6 +284,11 @@ def log_image(trainer: "pl.Trainer", tag: str, image: Figure | Rendered | np.nda
     if not wants_images(trainer):
         _send(trainer, IMAGES, [(tag, None)], step)  # nothing takes it: only the warning of what is missed
         return
+    if callable(image):
+        made = image()
+        if made is None:
+            return
+        image = made
     if isinstance(image, Rendered):
         picture = image
     elif isinstance(image, np.ndarray):

@@ -51,7 +51,7 @@ def test_csv_logger_gets_scalars_figures_and_reports_as_files(tmp_path):
     root = Path(logger.log_dir)
     header = (root / "metrics.csv").read_text().splitlines()[0].split(",")
     assert {"grad_norm/total", "health/vanishing_grad", "activation_std/net.0"} <= set(header)
-    for tag in ("health/grad_heatmap", "health/activation_heatmap"):
+    for tag in ("health/grad_heatmap", "health/grad_depth_profile", "health/activation_heatmap"):
         pngs = sorted((root / "images" / tag).glob("step_*.png"))
         assert pngs, tag
         is_png_of_a_figure(pngs[-1].read_bytes())
@@ -76,6 +76,7 @@ def test_mlflow_logger_gets_scalars_images_and_report_artifacts(tmp_path, monkey
     images = list((run / "artifacts" / "images").glob("health~grad_heatmap+step+*.png"))
     assert images, sorted(p.name for p in (run / "artifacts").rglob("*"))[:20]
     is_png_of_a_figure(images[0].read_bytes())
+    assert list((run / "artifacts" / "images").glob("health~activation_depth_profile+step+*.png"))
     report = (run / "artifacts" / "health" / "grad_report" / f"step_{STEPS}.md").read_text()
     assert markdown_table(report)[0][:3] == ["layer", "kind", "health"]
     assert (run / "artifacts" / "weight_init" / "report" / "step_0.md").is_file()
@@ -135,6 +136,7 @@ def test_wandb_offline_gets_scalars_images_tables_and_histograms(tmp_path, monke
                 history.setdefault(item.key or "/".join(item.nested_key), []).append(item.value_json)
     assert len(history["grad_norm/total"]) == STEPS
     assert "health/vanishing_grad" in history
+    assert "health/total" in history
     assert json.loads(history["health/grad_heatmap/_type"][0]) == "images/separated"
     assert json.loads(history["grad/net.0.weight/_type"][0]) == "histogram"
     assert json.loads(history["health/grad_report/_type"][0]) == "table-file"

@@ -2,6 +2,7 @@
 
 import io
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -103,9 +104,9 @@ def test_figures_are_served_as_labelled_images_for_every_run(server):
     for r in results:
         run = f"{r.experiment}/{r.scheme}"
         for kind in ("weight", "grad", "activation"):
-            for figure in ("heatmap",):
+            for figure in ("heatmap", "depth_profile"):
                 assert f"health/{kind}_{figure}" in tags[run], (run, sorted(tags[run]))
-        for tag in ("health/activation_heatmap", "health/grad_heatmap"):
+        for tag in ("health/activation_heatmap", "health/grad_depth_profile"):
             image = _image(base, run, tag)
             assert image.shape[1] == 450, image.shape  # the figure's own width: readable at the card's size
             assert len(np.unique(image.reshape(-1, 3), axis=0)) > 50  # a drawn figure, not a blank
@@ -131,4 +132,20 @@ def test_custom_scalars_layout_opens_on_health_and_stays_small(server):
     first = layout["category"][0]["chart"]
     assert first[0]["title"] == "health/total"
     assert first[0]["multiline"]["tag"] == ["^(health/total)$"]
+    assert {c["title"] for c in first[1:]} == {
+        "health: gradient rules",
+        "health: activation rules",
+        "health: weight rules",
+    }
+    # Few lines per chart: no per-layer chart unless asked for; each chart's regex matches a handful of tags.
+    tags = _get(base, "data/plugin/scalars/tags")["deep_relu/normal_std=0.01"]
+    for chart in charts:
+        (regex,) = chart["multiline"]["tag"]
+        matched = [t for t in tags if re.search(regex, t)]
+        assert 1 <= len(matched) <= 6, (chart["title"], matched)
     assert len(charts) <= 6
+    # health/total is logged, and counts the layers flagged by any rule: > 0 on a vanishing run, 0 on a healthy one.
+    series = _get(base, "data/plugin/scalars/scalars?run=deep_relu/normal_std%3D0.01&tag=health/total")
+    assert max(v for _, _, v in series) > 0
+    healthy = _get(base, "data/plugin/scalars/scalars?run=deep_tanh/xavier_normal&tag=health/total")
+    assert max(v for _, _, v in healthy) == 0

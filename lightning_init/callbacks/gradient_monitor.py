@@ -63,8 +63,8 @@ class GradientMonitor(_LayerMonitor):
       exploding); the first one is announced once with ``rank_zero_info``;
     - histograms ``grad/{param}`` of the finite values (TensorBoard only) on histogram steps;
     - with ``health=True``: ``health/nonfinite_grad``, ``health/vanishing_grad``, ``health/exploding_grad`` (number
-      of flagged parameters) at every logging step; the text ``health/grad_report`` and the image
-      ``health/grad_heatmap`` (TensorBoard only).
+      of flagged parameters) at every logging step; the text ``health/grad_report``, the images
+      ``health/grad_heatmap`` and ``health/grad_depth_profile``, and the shared ``health/total``.
 
     Health checks (thresholds justified in :class:`~lightning_init.health.HealthThresholds`; depth profiles compare
     weights with weights and biases with biases, input -> output):
@@ -76,9 +76,10 @@ class GradientMonitor(_LayerMonitor):
       smallest of the deeper layers'.
 
     Each finding is a ``UserWarning`` (once per (rule, parameter)) naming the parameters, the value against the
-    threshold and a remedy. At fit end the per-parameter health table is printed and written to TensorBoard's Text tab
-    as ``health/grad_report``; ``health/grad_heatmap`` (weights x logged steps, colour = log10 of the grad norm) goes
-    to the Images tab at fit end and on histogram steps.
+    threshold and a remedy. At fit end one line is printed when nothing was flagged, else the flagged rows; the full
+    table (flagged rows first) goes to the Text tab as ``health/grad_report``; ``health/grad_heatmap`` (weights x
+    logged steps, colour = log10 of the grad norm) and ``health/grad_depth_profile`` go to every logger that takes
+    images at fit end and on histogram steps.
 
     Args:
         {cadence_args}
@@ -123,6 +124,7 @@ class GradientMonitor(_LayerMonitor):
         vanishing_grad_floor: float = VANISHING_GRAD_FLOOR,
         exploding_grad_norm: float = EXPLODING_GRAD_NORM,
         exploding_grad_growth: float = EXPLODING_GRAD_GROWTH,
+        per_layer_charts: bool = False,
     ) -> None:
         super().__init__(
             every_n_steps,
@@ -133,6 +135,7 @@ class GradientMonitor(_LayerMonitor):
             stats,
             health=health,
             on_anomaly=on_anomaly,
+            per_layer_charts=per_layer_charts,
             thresholds={
                 "vanishing_grad_ratio": vanishing_grad_ratio,
                 "vanishing_grad_floor": vanishing_grad_floor,

@@ -39,8 +39,13 @@ def health_tag(rule: Rule, kind: Kind) -> str:
 
 #: Which statistic each kind's depth-profile heatmap shows.
 PROFILE_STAT: dict[Kind, str] = {"weight": "update_ratio", "grad": "norm", "activation": "std"}
-#: What that statistic is called on the figures' axes.
-PROFILE_LABEL: dict[Kind, str] = {"weight": "update ratio", "grad": "grad norm", "activation": "activation std"}
+#: What each profile statistic is called on the figures' axes.
+PROFILE_LABEL: dict[str, str] = {
+    "update_ratio": "update ratio",
+    "norm": "grad norm",
+    "std": "activation std",
+    "signal_std": "activation signal std",
+}
 
 
 def profile_of(
@@ -163,8 +168,10 @@ class HealthTracker:
         """Layers that were ever flagged, in first-seen order."""
         return [name for name in self._layers if name in self._status]
 
-    def to_markdown(self) -> str:
-        """Per-layer health table (Markdown pipe table), healthy layers included, in depth order."""
+    def to_markdown(self, *, only_flagged: bool = False) -> str:
+        """Per-layer health table (Markdown pipe table): flagged layers first, then the healthy ones (unless
+        ``only_flagged``), each group in depth order.
+        """  # noqa: D205
         if not self._layers:
             return "No layers monitored."
         lines = [
@@ -173,7 +180,9 @@ class HealthTracker:
             "| layer | kind | health | first step | last step | last value |",
             "|---|---|---|---|---|---|",
         ]
-        for name in self._layers:
+        flagged = [name for name in self._layers if name in self._status]
+        healthy = [] if only_flagged else [name for name in self._layers if name not in self._status]
+        for name in flagged + healthy:
             s = self._status.get(name)
             cell = name.replace("|", "\\|")
             if s is None:
@@ -194,7 +203,7 @@ class HealthTracker:
         values, layers, steps = self.history.matrix()
         if values.size == 0:
             return None
-        label = PROFILE_LABEL[self.kind]
+        label = PROFILE_LABEL.get(PROFILE_STAT[self.kind], PROFILE_STAT[self.kind])
         return heatmap_figure(values, layers, steps, title=f"{label} by layer (input at the top) and step", label=label)
 
     def depth_profile(self) -> Figure | None:
@@ -204,7 +213,7 @@ class HealthTracker:
         values, layers, steps = self.history.matrix()
         if values.size == 0:
             return None
-        label = PROFILE_LABEL[self.kind]
+        label = PROFILE_LABEL.get(PROFILE_STAT[self.kind], PROFILE_STAT[self.kind])
         return depth_profile_figure(
             values, layers, steps, title=f"{label} across depth, one line per logged step", label=label
         )

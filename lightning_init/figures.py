@@ -45,14 +45,14 @@ INVALID_STYLES: dict[str, tuple[str, str]] = {
     "inf": ("#000000", "+/-Inf"),
     "zero": ("#ffffff", "0 (no log)"),
 }
-#: Width of every figure in inches at :data:`DPI`: 450 px, about the width of a TensorBoard image card, so the
-#: picture is shown at (almost) its own size and 8-point text stays readable.
-WIDTH_IN = 5.0
+#: Width of every figure in inches at :data:`DPI`: 405 px, about the width of a TensorBoard image card, so the
+#: picture is shown at (almost) its own size and 9-point text stays readable.
+WIDTH_IN = 4.5
 #: Dots per inch of the rendered PNG.
 DPI = 90
 #: Font size of tick labels; layer names shrink to :data:`_MIN_FONT` on deep models, then every k-th is shown.
-_FONT = 8.0
-_MIN_FONT = 6.0
+_FONT = 9.0
+_MIN_FONT = 6.5
 
 
 @dataclass(frozen=True)
@@ -141,14 +141,20 @@ def _log_limits(values: np.ndarray) -> tuple[float, float] | None:
     return 10.0**lo, 10.0**hi
 
 
-def _decades(axis: Any) -> None:
-    """Major ticks at powers of ten labelled ``1e-3`` (plain text: mathtext parsing is most of a draw's time), no
-    minor ticks.
+def _decades(axis: Any, values: np.ndarray) -> None:
+    """Log-axis ticks in plain text (mathtext parsing is most of a draw's time), no minor ticks: at powers of ten
+    labelled ``1e-3``, or, when ``values`` span less than two decades, also at 2 and 5 times them (``0.2``, ``0.5``).
     """  # noqa: D205
     from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
 
-    axis.set_major_locator(LogLocator(base=10.0, numticks=9))
-    axis.set_major_formatter(FuncFormatter(lambda v, _: f"1e{round(math.log10(v))}" if v > 0 else ""))
+    good = values[np.isfinite(values) & (values > 0)]
+    narrow = good.size > 0 and math.log10(float(good.max()) / float(good.min())) < 2
+    if narrow:
+        axis.set_major_locator(LogLocator(base=10.0, subs=(1.0, 2.0, 5.0), numticks=12))
+        axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}" if v > 0 else ""))
+    else:
+        axis.set_major_locator(LogLocator(base=10.0, numticks=9))
+        axis.set_major_formatter(FuncFormatter(lambda v, _: f"1e{round(math.log10(v))}" if v > 0 else ""))
     axis.set_minor_locator(NullLocator())
 
 
@@ -205,7 +211,7 @@ def heatmap_figure(
     if limits is not None:
         mesh = ax.pcolormesh(good, cmap="viridis", norm=LogNorm(*limits), shading="flat")
         bar = fig.colorbar(mesh, cax=cax)
-        _decades(bar.ax.yaxis)
+        _decades(bar.ax.yaxis, arr)
         bar.set_label(f"{label} (log10 scale)", fontsize=_FONT)
         bar.ax.tick_params(labelsize=_FONT)
     for key, (colour, _) in INVALID_STYLES.items():
@@ -292,7 +298,7 @@ def depth_profile_figure(
         nonfinite |= np.isinf(arr[:, c]) | (np.isnan(arr[:, c]) & positive.any(axis=1))
     if positive[:, cols].any():
         ax.set_yscale("log")
-        _decades(ax.yaxis)
+        _decades(ax.yaxis, arr[:, cols])
     edge = ax.get_xaxis_transform()  # x in data, y in axes fraction
     handles = []
     if zeros.any():

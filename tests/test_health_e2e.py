@@ -207,7 +207,8 @@ def test_kaiming_no_finding_for_the_same_steps(tmp_path: Path) -> None:
     assert texts == []
     ea = events(trainer)
     health = [t for t in ea.Tags()["scalars"] if t.startswith("health/")]
-    assert len(health) == 11
+    assert len(health) == 12  # 11 rule counts and health/total
+    assert "health/total" in health
     assert all(e.value == 0 for t in health for e in ea.Scalars(t))
 
 
@@ -307,7 +308,8 @@ def test_healthy_training_has_no_findings(tmp_path: Path, init: str, act: str, l
     ea = events(trainer)
     assert len(ea.Scalars("weight_update_ratio/net.0.weight")) == 21  # after step 0, then every 5th step
     health = [t for t in ea.Tags()["scalars"] if t.startswith("health/")]
-    assert len(health) == 11
+    assert len(health) == 12  # 11 rule counts and health/total
+    assert "health/total" in health
     assert all(e.value == 0 for t in health for e in ea.Scalars(t))
 
 

@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from lightning_init.figures import DPI, WIDTH_IN
+
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 
@@ -108,7 +110,7 @@ def test_figures_are_served_as_labelled_images_for_every_run(server):
                 assert f"health/{kind}_{figure}" in tags[run], (run, sorted(tags[run]))
         for tag in ("health/activation_heatmap", "health/grad_depth_profile"):
             image = _image(base, run, tag)
-            assert image.shape[1] == 450, image.shape  # the figure's own width: readable at the card's size
+            assert image.shape[1] == round(WIDTH_IN * DPI), image.shape  # its own width: about a card's
             assert len(np.unique(image.reshape(-1, 3), axis=0)) > 50  # a drawn figure, not a blank
             # Labels: dark text pixels in the left margin (layer names / the y axis) and the bottom margin.
             luminance = image @ np.array([0.299, 0.587, 0.114])

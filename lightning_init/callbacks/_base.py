@@ -408,7 +408,7 @@ class _LayerMonitor(Callback):
         if not self._tracker.flagged():
             return f"{type(self).__name__}: {len(rows)} {noun}, healthy over {steps} steps"
         return (
-            f"{type(self).__name__} after {steps} steps (every row: TensorBoard's Text tab, "
+            f"{type(self).__name__} health report after {steps} steps, flagged rows only (every row: the Text tab's "
             f"health/{self.kind}_report): {self._tracker.to_markdown(only_flagged=True)}"
         )
 

@@ -373,7 +373,10 @@ class _LayerMonitor(Callback):
         writers.log_histograms(
             trainer, {f"{self.kind}/{n}": h for n, h in zip(names, hists, strict=True) if h is not None}, step
         )
-        self._log_figures(trainer, step)  # the depth-profile pictures at the histograms' (rare) cadence too
+        # The depth-profile pictures at the histograms' (rare) cadence too, except on the last step of a fit of known
+        # length: fit end draws them again one step later.
+        if not (trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps - 1):
+            self._log_figures(trainer, step)
 
     def _log_figures(self, trainer: "pl.Trainer", step: int) -> None:
         """Write the figures ``health/{kind}_heatmap`` and ``health/{kind}_depth_profile`` at ``step`` (once per step;

@@ -85,8 +85,8 @@ def _new_figure(height_in: float) -> Figure:
 
 
 def _text_px(chars: int, size: float) -> float:
-    """Width in pixels of ``chars`` characters of DejaVu Sans at ``size`` points (0.6 em per character, generous)."""
-    return chars * size * 0.6 * DPI / 72
+    """Width in pixels of ``chars`` characters of DejaVu Sans at ``size`` points (0.7 em each; digits are 0.64 em)."""
+    return chars * size * 0.7 * DPI / 72
 
 
 def _axes(fig: Figure, *, left_px: float, bottom_px: float, top_px: float, bar: bool) -> tuple[Any, Any]:

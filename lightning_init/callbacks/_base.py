@@ -381,7 +381,7 @@ class _LayerMonitor(Callback):
         )
         # The depth-profile pictures at the histograms' (rare) cadence too, except on the last step of a fit of known
         # length: fit end draws them again one step later.
-        if not (trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps - 1):
+        if not (trainer.max_steps > 0 and step >= trainer.max_steps - 1):
             self._log_figures(trainer, step)
 
     def _log_figures(self, trainer: "pl.Trainer", step: int) -> None:

@@ -30,8 +30,9 @@ from lightning_init.callbacks.weight_init import WeightInit
 from lightning_init.callbacks.weight_monitor import WeightMonitor
 from lightning_init.models import MLPClassifier, TeacherDataModule, XORDataModule
 
-#: Health rule (tag ``health/{rule}``) -> the word the results table shows. ``update_ratio`` findings (frozen or
-#: unstable learning) are not a verdict on the initializer and stay out of the table (they are in TensorBoard).
+#: Health rule (tag ``health/{rule}``) -> the word the results table's ``findings`` column shows. ``update_ratio``
+#: findings (frozen or unstable learning: the learning rate, not the initializer) are not in that column; the table's
+#: notes name the runs where they fired (:func:`format_notes`), and they are in TensorBoard.
 FINDING_WORDS: dict[str, str] = {
     "vanishing_grad": "vanishing",
     "vanishing_activation": "vanishing",
@@ -200,6 +201,8 @@ class RunResult:
     activation_depth: DepthRatio = _MISSING_RATIO
     #: ``grad_norm`` of the first layer's weight over the last's, at the first logged step.
     grad_depth: DepthRatio = _MISSING_RATIO
+    #: Health rules that flagged a layer but are not initializer findings (not in :data:`FINDING_WORDS`).
+    left_out: list[str] = field(default_factory=list)
 
     @property
     def activation_ratio(self) -> float:
@@ -278,6 +281,20 @@ def _rule_of(tag: str) -> str:
     """``health/vanishing_grad`` -> ``vanishing_grad``; ``health/nonfinite_grad`` -> ``nonfinite`` (one per kind)."""
     rule = tag.split("/", 1)[1]
     return "nonfinite" if rule.startswith("nonfinite") else rule
+
+
+def rules_left_out(scalars: dict[str, list[tuple[int, float]]]) -> list[str]:
+    """The health rules that flagged at least one layer but have no word in :data:`FINDING_WORDS` (``update_ratio``)."""
+    return sorted(
+        {
+            rule
+            for tag, series in scalars.items()
+            if tag.startswith("health/")
+            and tag != "health/total"
+            and (rule := _rule_of(tag)) not in FINDING_WORDS
+            and any(v > 0 for _, v in series)
+        }
+    )
 
 
 def summarize(
@@ -390,7 +407,7 @@ def run_one(
         logger=logger,
         callbacks=[
             WeightInit(scheme=scheme.scheme, seed=seed, **scheme.params),  # type: ignore[arg-type]
-            *monitors(every_n_steps, histogram_every_n_steps=max(steps // 4, 1)),
+            *monitors(every_n_steps, histogram_every_n_steps=max(steps // 2, 1)),
             *extra_callbacks,
         ],
         enable_progress_bar=False,
@@ -406,7 +423,8 @@ def run_one(
         trainer.fit(model, datamodule=data)
     val_loss, val_acc = evaluate(model, data)
     logger.experiment.flush()
-    act, grad, findings = summarize(read_scalars(logger.log_dir), *depth_ends(model))
+    scalars = read_scalars(logger.log_dir)
+    act, grad, findings = summarize(scalars, *depth_ends(model))
     return RunResult(
         experiment=experiment.name,
         scheme=scheme.label,
@@ -416,6 +434,7 @@ def run_one(
         seconds=time.perf_counter() - start,
         activation_depth=act,
         grad_depth=grad,
+        left_out=rules_left_out(scalars),
     )
 
 
@@ -526,8 +545,17 @@ def format_table(results: Sequence[RunResult]) -> str:
 
 
 def format_notes(results: Sequence[RunResult]) -> str:
-    """The footnotes of :func:`format_table` (what each ``[n]`` marker stands for), one per line; empty if none."""
-    return "\n".join(_table(results)[2])
+    """The footnotes of :func:`format_table` (what each ``[n]`` marker stands for), one per line, then which health
+    rules the ``findings`` column leaves out and where they fired.
+    """  # noqa: D205
+    notes = _table(results)[2]
+    left_out = sorted({rule for r in results for rule in r.left_out})
+    for rule in left_out:
+        runs = ", ".join(f"{r.experiment}/{r.scheme}" for r in results if rule in r.left_out)
+        notes.append(f"*findings* leaves out `{rule}` (the learning rate's, not the init's): it flagged {runs}.")
+    if not left_out:
+        notes.append("*findings* leaves out `update_ratio` (the learning rate's, not the init's): it flagged no run.")
+    return "\n".join(notes)
 
 
 @dataclass(frozen=True)
@@ -698,14 +726,15 @@ def _compare_one(
     callbacks: list[Callback] = trainer.callbacks  # type: ignore[attr-defined]
     kept = [c for c in callbacks if not isinstance(c, WeightInit)]
     has_monitors = {type(c) for c in kept} & {WeightMonitor, ActivationMonitor, GradientMonitor}
-    added = [] if has_monitors else monitors(every_n_steps, histogram_every_n_steps=max(steps // 4, 1))
+    added = [] if has_monitors else monitors(every_n_steps, histogram_every_n_steps=max(steps // 2, 1))
     init = WeightInit(scheme=scheme.scheme, seed=seed, **scheme.params)  # type: ignore[arg-type]
     trainer.callbacks = [init, *kept, *added, *extra_callbacks]  # type: ignore[attr-defined]
     trainer.fit(cli.model, datamodule=cli.datamodule)
     metrics = {k: float(v) for k, v in sorted(trainer.callback_metrics.items()) if v.numel() == 1}
     log_dir = str(trainer.logger.log_dir) if trainer.logger is not None else ""
     trainer.logger.experiment.flush()  # type: ignore[union-attr]
-    act, grad, findings = summarize(read_scalars(log_dir), *depth_ends(cli.model))
+    scalars = read_scalars(log_dir)
+    act, grad, findings = summarize(scalars, *depth_ends(cli.model))
     return RunResult(
         experiment=Path(config).stem,
         scheme=scheme.label,
@@ -715,4 +744,5 @@ def _compare_one(
         seconds=time.perf_counter() - start,
         activation_depth=act,
         grad_depth=grad,
+        left_out=rules_left_out(scalars),
     )

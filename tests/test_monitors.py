@@ -1,6 +1,8 @@
 import dataclasses
 import inspect
+import logging
 import math
+import re
 import warnings
 from collections import defaultdict
 from pathlib import Path
@@ -18,7 +20,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_init import ActivationMonitor, GradientMonitor, HealthThresholds, WeightMonitor
+from lightning_init import ActivationMonitor, GradientMonitor, HealthThresholds, WeightInit, WeightMonitor
 from tests.helpers import events, quiet_trainer, scalars
 
 # ----------------------------------------------------------------------------------------------- fixtures
@@ -298,34 +300,85 @@ def test_every_n_steps_defaults_to_trainer_log_every_n_steps(tmp_path: Path) -> 
     assert steps_of(events(trainer), "grad_norm/total") == [0, 3, 7]
 
 
-def test_one_layout_with_one_multiline_chart_per_kind_and_stat(tmp_path: Path) -> None:
-    monitors = [WeightMonitor(stats=["std"]), GradientMonitor(stats=["norm", "ratio"]), ActivationMonitor()]
-    trainer = fit(tmp_path, Net(), monitors, max_steps=1)
-    ea = events(trainer)
+HEALTH_TAGS = {
+    "health/nonfinite_weight",
+    "health/symmetric",
+    "health/update_ratio",
+    "health/nonfinite_grad",
+    "health/vanishing_grad",
+    "health/exploding_grad",
+    "health/nonfinite_activation",
+    "health/vanishing_activation",
+    "health/exploding_activation",
+    "health/dead",
+    "health/saturated",
+}
+
+
+def _layout(ea) -> dict[str, list[str]]:
     configs = ea.Tensors("custom_scalars__config__")
     assert len(configs) == 1
     layout = layout_pb2.Layout()
     layout.ParseFromString(configs[0].tensor_proto.string_val[0])
-    charts = {c.title: list(c.multiline.tag) for cat in layout.category for c in cat.chart}
+    assert layout.category[0].title == "lightning_init/health"  # health first
+    return {c.title: list(c.multiline.tag) for cat in layout.category for c in cat.chart}
+
+
+def test_one_layout_health_first_and_per_layer_charts_on_request(tmp_path: Path) -> None:
+    monitors = [
+        WeightMonitor(stats=["std"], per_layer_charts=True),
+        GradientMonitor(stats=["norm", "ratio"], per_layer_charts=True),
+        ActivationMonitor(per_layer_charts=True),
+    ]
+    trainer = fit(tmp_path, Net(), monitors, max_steps=1)
+    ea = events(trainer)
+    charts = _layout(ea)
     assert charts["weight_std"] == ["^weight_std/"]
-    assert charts["health"] == ["^health/"]  # every health/* count on one chart
-    assert set(charts) == {"weight_std", "grad_norm", "grad_ratio", "health"} | {
+    health_charts = ["health/total", "health: gradient rules", "health: activation rules", "health: weight rules"]
+    assert list(charts)[:4] == health_charts
+    assert set(charts) == {*health_charts, "grad_norm/total", "weight_std", "grad_norm", "grad_ratio"} | {
         f"activation_{s}" for s in ("mean", "std", "abs_max", "zero_fraction", "saturation", "nonfinite")
     }
-    # The health chart's regex matches the health counts actually written.
-    assert {t for t in ea.Tags()["scalars"] if t.startswith("health/")} == {
-        "health/nonfinite_weight",
-        "health/symmetric",
-        "health/update_ratio",
-        "health/nonfinite_grad",
-        "health/vanishing_grad",
-        "health/exploding_grad",
-        "health/nonfinite_activation",
-        "health/vanishing_activation",
-        "health/exploding_activation",
-        "health/dead",
-        "health/saturated",
-    }
+    # The health charts' regexes match exactly the health counts written, each tag on one chart.
+    written = {t for t in ea.Tags()["scalars"] if t.startswith("health/")}
+    assert written == HEALTH_TAGS | {"health/total"}
+    matched = [t for title in health_charts for t in written if re.search(charts[title][0], t)]
+    assert sorted(matched) == sorted(written)
+
+
+def test_default_layout_has_only_the_health_and_summary_charts(tmp_path: Path) -> None:
+    trainer = fit(tmp_path, Net(), [WeightMonitor(), GradientMonitor(), ActivationMonitor()], max_steps=1)
+    charts = _layout(events(trainer))
+    assert list(charts) == [
+        "health/total",
+        "health: gradient rules",
+        "health: activation rules",
+        "health: weight rules",
+        "grad_norm/total",
+    ]
+
+
+def test_health_total_counts_flagged_layers_of_every_monitor_once_per_step(tmp_path: Path, monkeypatch) -> None:
+    # A zero init: every weight is symmetric, the gradients vanish, the ReLUs are dead.
+    monitors = [WeightMonitor(every_n_steps=1), GradientMonitor(every_n_steps=1), ActivationMonitor(every_n_steps=1)]
+    judged: dict[str, list[set[str]]] = {}
+    original = HealthThresholds.check
+
+    def check(self, kind, table, **kw):  # record each judgement's findings: an independent count of flagged layers
+        findings = original(self, kind, table, **kw)
+        judged.setdefault(kind, []).append({layer for f in findings for layer in f.layers})
+        return findings
+
+    monkeypatch.setattr(HealthThresholds, "check", check)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = fit(tmp_path, Net(), [WeightInit("zeros"), *monitors], max_steps=3)
+    total = scalars(events(trainer), "health/total")  # fails if a step was written twice
+    assert sorted(total) == [0, 1, 2, 3]
+    # The last value: the layers flagged at each monitor's latest judgement, summed over the monitors.
+    expected = sum(len(steps[-1]) for steps in judged.values())
+    assert expected > 0
+    assert total[3] == expected
 
 
 # ----------------------------------------------------------------------------------------------- hooks & cost
@@ -677,3 +730,42 @@ def test_resumed_fit_does_not_warn_again(tmp_path: Path) -> None:
     assert len(run(2, [WeightMonitor(), ckpt])) == 1
     assert run(4, [WeightMonitor()], str(tmp_path / "ckpt" / "last.ckpt")) == []
     assert len(run(4, [WeightMonitor()])) == 1  # without the restored state it would warn again
+
+
+def _fit_end_lines(caplog, monitor_name: str) -> list[str]:
+    out = []
+    for record in caplog.records:
+        if record.getMessage().startswith(monitor_name):
+            out += record.getMessage().splitlines()
+    return out
+
+
+def test_fit_end_console_is_one_line_when_healthy(tmp_path: Path, caplog) -> None:
+    caplog.set_level(logging.INFO)
+    monitor = GradientMonitor(every_n_steps=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit(tmp_path, Net(), [WeightInit("kaiming_normal", nonlinearity="relu", seed=0), monitor], max_steps=3)
+    lines = _fit_end_lines(caplog, "GradientMonitor")
+    n_params = len(monitor._tracker.layers())
+    assert monitor._tracker.flagged() == []
+    assert lines == [f"GradientMonitor: {n_params} parameters, healthy over 3 steps"]
+
+
+def test_fit_end_console_shows_only_flagged_rows_and_the_text_tab_all_rows_flagged_first(tmp_path: Path, caplog):
+    caplog.set_level(logging.INFO)
+    monitor = ActivationMonitor(every_n_steps=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = fit(tmp_path, Net(), [WeightInit("zeros"), monitor], max_steps=3)
+    flagged, rows = monitor._tracker.flagged(), monitor._tracker.layers()
+    assert 0 < len(flagged) < len(rows)
+    lines = _fit_end_lines(caplog, "ActivationMonitor")
+    console = [line for line in lines if line.startswith("| ") and "---" not in line]
+    assert [line.split(" | ")[0].removeprefix("| ") for line in console[1:]] == flagged  # header, then flagged rows
+    text = events(trainer).Tensors("health/activation_report/text_summary")[-1].tensor_proto.string_val[0].decode()
+    table = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    names = [line.split(" | ")[0].removeprefix("| ") for line in table]
+    assert sorted(names) == sorted(rows)
+    assert names[: len(flagged)] == flagged  # flagged rows first
+    assert all(" | ok | " in line for line in table[len(flagged) :])

@@ -1,15 +1,22 @@
 """A real `tensorboard` server on the demo's logs serves every kind of data the product writes."""
 
+import io
 import json
+import re
 import socket
 import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
+
+from lightning_init.figures import DPI, WIDTH_IN
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
@@ -85,19 +92,62 @@ def test_histograms_of_every_kind(server):
         assert any(t.startswith(prefix) for t in tags), prefix
 
 
-def test_heatmap_image_and_text_reports(server):
+def _image(base: str, run: str, tag: str) -> np.ndarray:
+    """The latest image of ``tag`` in ``run`` as served by TensorBoard's images plugin, decoded (PIL)."""
+    query = urllib.parse.urlencode({"run": run, "tag": tag, "sample": 0})
+    entries = _get(base, f"data/plugin/images/images?{query}")
+    with urllib.request.urlopen(f"{base}/data/plugin/images/individualImage?{entries[-1]['query']}", timeout=10) as r:
+        return np.asarray(Image.open(io.BytesIO(r.read())).convert("RGB"))
+
+
+def test_figures_are_served_as_labelled_images_for_every_run(server):
+    base, results = server
+    tags = _get(base, "data/plugin/images/tags")
+    for r in results:
+        run = f"{r.experiment}/{r.scheme}"
+        for kind in ("weight", "grad", "activation"):
+            for figure in ("heatmap", "depth_profile"):
+                assert f"health/{kind}_{figure}" in tags[run], (run, sorted(tags[run]))
+        for tag in ("health/activation_heatmap", "health/grad_depth_profile"):
+            image = _image(base, run, tag)
+            assert image.shape[1] == round(WIDTH_IN * DPI), image.shape  # its own width: about a card's
+            assert len(np.unique(image.reshape(-1, 3), axis=0)) > 50  # a drawn figure, not a blank
+            # Labels: dark text pixels in the left margin (layer names / the y axis) and the bottom margin.
+            luminance = image @ np.array([0.299, 0.587, 0.114])
+            assert (luminance[:, : image.shape[1] // 8] < 100).sum() > 100, (run, tag)
+            assert (luminance[-image.shape[0] // 6 :, :] < 100).sum() > 100, (run, tag)
+
+
+def test_text_reports(server):
     base, _ = server
-    images = _get(base, "data/plugin/images/tags")["deep_relu/normal_std=0.01"]
-    assert any("heatmap" in t for t in images), images
     texts = _get(base, "data/plugin/text/tags")["deep_relu/normal_std=0.01"]
     assert any(t.startswith("weight_init/report") for t in texts), texts
     assert any(t.startswith("health/") for t in texts), texts
 
 
-def test_custom_scalars_layout_puts_every_layer_on_one_chart(server):
+def test_custom_scalars_layout_opens_on_health_and_stays_small(server):
     base, _ = server
     layout = _get(base, "data/plugin/custom_scalars/layout")
-    charts = {c["title"]: c for cat in layout["category"] for c in cat["chart"]}
-    for title in ("weight_std", "grad_norm", "activation_std"):
-        assert title in charts, sorted(charts)
-        assert charts[title]["multiline"]["tag"] == [f"^{title}/"]
+    categories = [cat["title"] for cat in layout["category"]]
+    assert categories[0] == "lightning_init/health", categories
+    charts = [c for cat in layout["category"] for c in cat["chart"]]
+    first = layout["category"][0]["chart"]
+    assert first[0]["title"] == "health/total"
+    assert first[0]["multiline"]["tag"] == ["^(health/total)$"]
+    assert {c["title"] for c in first[1:]} == {
+        "health: gradient rules",
+        "health: activation rules",
+        "health: weight rules",
+    }
+    # Few lines per chart: no per-layer chart unless asked for; each chart's regex matches a handful of tags.
+    tags = _get(base, "data/plugin/scalars/tags")["deep_relu/normal_std=0.01"]
+    for chart in charts:
+        (regex,) = chart["multiline"]["tag"]
+        matched = [t for t in tags if re.search(regex, t)]
+        assert 1 <= len(matched) <= 6, (chart["title"], matched)
+    assert len(charts) <= 6
+    # health/total is logged, and counts the layers flagged by any rule: > 0 on a vanishing run, 0 on a healthy one.
+    series = _get(base, "data/plugin/scalars/scalars?run=deep_relu/normal_std%3D0.01&tag=health/total")
+    assert max(v for _, _, v in series) > 0
+    healthy = _get(base, "data/plugin/scalars/scalars?run=deep_tanh/xavier_normal&tag=health/total")
+    assert max(v for _, _, v in healthy) == 0

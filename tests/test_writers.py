@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -22,28 +23,57 @@ def _events(trainer: pl.Trainer) -> EventAccumulator:
     return ea
 
 
-def test_layout_has_one_multiline_chart_per_kind_and_stat() -> None:
-    assert writers.layout({"grad": ["norm", "ratio"], "weight": []}) == {
+def test_layout_has_one_multiline_chart_per_kind_and_stat_when_per_layer_charts_are_asked_for() -> None:
+    assert writers.layout({"grad": ["norm", "ratio"], "weight": []}, per_layer=["grad", "weight"]) == {
+        "lightning_init/summary": {"grad_norm/total": ["Multiline", ["^grad_norm/total"]]},
         "lightning_init/grad": {
             "grad_norm": ["Multiline", ["^grad_norm/"]],
             "grad_ratio": ["Multiline", ["^grad_ratio/"]],
-        }
+        },
     }
+
+
+def test_layout_puts_health_first_and_per_layer_charts_only_on_request() -> None:
+    health = {
+        "weight": ["health/symmetric", "health/update_ratio"],
+        "grad": ["health/vanishing_grad", "health/nonfinite_grad"],
+    }
+    out = writers.layout({"grad": ["norm"], "weight": ["std"]}, health)
+    assert list(out) == ["lightning_init/health", "lightning_init/summary"]
+    assert out["lightning_init/health"] == {
+        "health/total": ["Multiline", ["^(health/total)$"]],
+        "health: gradient rules": ["Multiline", ["^(health/vanishing_grad|health/nonfinite_grad)$"]],
+        "health: weight rules": ["Multiline", ["^(health/symmetric|health/update_ratio)$"]],
+    }
+    # The regexes match their tags exactly (TensorBoard applies them as regular expressions).
+    regex = re.compile(out["lightning_init/health"]["health: gradient rules"][1][0])
+    assert regex.match("health/vanishing_grad")
+    assert not regex.match("health/vanishing_grad_x")
+    assert not regex.match("health/total")
 
 
 def test_layout_is_merged_and_written_once_per_writer(tmp_path: Path) -> None:
     trainer = _trainer(tmp_path)
-    writers.request_layout(trainer, "weight", ["std"])
+    writers.request_layout(trainer, "weight", ["std"], per_layer=True)
     writers.request_layout(trainer, "grad", ["norm"])
-    writers.request_layout(trainer, "grad", ["norm", "std"])
+    writers.request_layout(trainer, "grad", ["norm", "std"], per_layer=True)
+    writers.request_health_chart(trainer, "grad", ["health/vanishing_grad"])
     writers.write_layout(trainer)
-    writers.request_layout(trainer, "activation", ["std"])
+    writers.request_layout(trainer, "activation", ["std"], per_layer=True)
     writers.write_layout(trainer)  # add_custom_scalars may be called once per writer: ignored
     configs = _events(trainer).Tensors("custom_scalars__config__")
     assert len(configs) == 1
     layout = layout_pb2.Layout()
     layout.ParseFromString(configs[0].tensor_proto.string_val[0])
-    assert {c.title for cat in layout.category for c in cat.chart} == {"weight_std", "grad_norm", "grad_std"}
+    assert layout.category[0].title == "lightning_init/health"
+    assert [c.title for cat in layout.category for c in cat.chart] == [
+        "health/total",
+        "health: gradient rules",
+        "grad_norm/total",
+        "grad_norm",
+        "grad_std",
+        "weight_std",
+    ]
 
 
 def test_scalars_go_to_every_logger(tmp_path: Path) -> None:

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar, get_args
 
@@ -98,7 +99,10 @@ def _headroom_tags(kind: Kind) -> set[str]:
 _SHARED_DOCS: dict[str, str] = {
     "cadence_args": """\
 every_n_steps: log every this many optimizer steps; ``None`` uses ``Trainer(log_every_n_steps=...)``.
-histogram_every_n_steps: histograms every this many optimizer steps; ``None`` turns them off.""",
+histogram_every_n_steps: histograms every this many optimizer steps; ``None`` turns them off. The depth-profile
+    figures are drawn on these steps and at fit end.
+per_layer_charts: also add one custom-scalars chart per statistic with every layer on it (``False``: only the
+    health and summary charts, which stay fast with many layers and many runs).""",
     "health_args": """\
 health: judge every logged table with the health rules below (``False``: measure only).
 on_anomaly: on a finding, ``"warn"`` only (a ``UserWarning`` once per (rule, layer)), ``"stop"`` training
@@ -179,7 +183,12 @@ class _LayerMonitor(Callback):
         health: bool = True,
         on_anomaly: OnAnomaly = "warn",
         thresholds: Mapping[str, float] | None = None,
+        per_layer_charts: bool = False,
     ) -> None:
+        if not isinstance(per_layer_charts, bool):
+            raise ValueError(f"`per_layer_charts` must be True or False, got {per_layer_charts!r}.")
+        #: Whether the custom-scalars layout gets one multi-line chart per statistic with every layer on it.
+        self.per_layer_charts = per_layer_charts
         self.every_n_steps = _positive_or_none("every_n_steps", every_n_steps)
         self.histogram_every_n_steps = _positive_or_none("histogram_every_n_steps", histogram_every_n_steps)
         self.include = _names("include", include)
@@ -313,11 +322,13 @@ class _LayerMonitor(Callback):
             )
         sixteen_bit = headroom_format(torch.float32, str(getattr(trainer, "precision", None))) is not None
         # the 16-bit headroom charts only where there is headroom to chart (not under 32-bit precision)
-        writers.request_layout(trainer, self.kind, [s for s in self.stats if sixteen_bit or s not in HEADROOM_STATS])
+        charted = [s for s in self.stats if sixteen_bit or s not in HEADROOM_STATS]
+        writers.request_layout(trainer, self.kind, charted, per_layer=self.per_layer_charts)
         if self.health:
             self._tracker = HealthTracker(self.kind)  # a new fit, a new report (a resumed one is restored after setup)
             self._heatmap_step = None
-            writers.request_health_chart(trainer)
+            writers.request_health_chart(trainer, self.kind, list(self._tracker.scalars()))
+            _health_total(trainer).counts[self.kind] = 0
 
     @override
     def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
@@ -440,6 +451,11 @@ class _LayerMonitor(Callback):
                 # 32-bit tensors have no 16-bit headroom: no underflow/overflow tag at all, not a count of 0
                 counts = {k: v for k, v in counts.items() if k not in _headroom_tags(self.kind)}
             metrics.update(counts)
+            total = _health_total(trainer)
+            if total.group is not None and trainer.global_step != total.group:
+                _write_health_total(trainer)  # the previous logging batch is complete
+            total.counts[self.kind] = len({layer for f in findings for layer in f.layers})
+            total.group = trainer.global_step
         writers.log_scalars(trainer, metrics, step)
         for finding in fresh:  # once per (rule, layer): the tracker remembers what it returned
             rank_zero_warn(f"{type(self).__name__}: {finding.message}", category=UserWarning)
@@ -472,27 +488,47 @@ class _LayerMonitor(Callback):
         writers.log_histograms(
             trainer, {f"{self.kind}/{n}": h for n, h in zip(names, hists, strict=True) if h is not None}, step
         )
-        self._log_heatmap(trainer, step)  # the depth-profile picture at the histograms' (rare) cadence too
+        # The depth-profile pictures at the histograms' (rare) cadence too, except on the last step of a fit of known
+        # length: fit end draws them again one step later.
+        if not (trainer.max_steps > 0 and step >= trainer.max_steps - 1):
+            self._log_figures(trainer, step)
 
-    def _log_heatmap(self, trainer: "pl.Trainer", step: int) -> None:
-        """Write the depth-profile heatmap ``health/{kind}_heatmap`` at ``step`` (once per step)."""
-        if self._tracker is None or self._heatmap_step == step:
+    def _log_figures(self, trainer: "pl.Trainer", step: int) -> None:
+        """Write the figures ``health/{kind}_heatmap`` and ``health/{kind}_depth_profile`` at ``step`` (once per step;
+        drawn only if some logger takes images).
+        """  # noqa: D205
+        if self._tracker is None or self._heatmap_step == step or not len(self._tracker.history):
             return
-        image = self._tracker.heatmap()
-        if image is None:
-            return
-        writers.log_image(trainer, f"health/{self.kind}_heatmap", image, step)
+        writers.log_image(trainer, f"health/{self.kind}_heatmap", self._tracker.heatmap, step)
+        writers.log_image(trainer, f"health/{self.kind}_depth_profile", self._tracker.depth_profile, step)
         self._heatmap_step = step
 
     def _report(self, trainer: "pl.Trainer") -> None:
-        """End of fit: the per-layer health table (printed and to the Text tab) and the final heatmap."""
+        """End of fit: one console line when healthy, else the flagged rows; the full table (flagged rows first) to
+        the Text tab; the final figures.
+        """  # noqa: D205
         if self._tracker is None or not self._tracker.layers():
             return  # no logging step happened: nothing was judged, nothing to report
+        _write_health_total(trainer)
         step = trainer.global_step
-        table = self._tracker.to_markdown()
-        rank_zero_info(f"{type(self).__name__} health report (step {step}):\n{table}")
-        writers.log_text(trainer, f"health/{self.kind}_report", table, step)
-        self._log_heatmap(trainer, step)
+        rank_zero_info(self.console_report(step))
+        writers.log_text(trainer, f"health/{self.kind}_report", self._tracker.to_markdown(), step)
+        self._log_figures(trainer, step)
+
+    def console_report(self, steps: int) -> str:
+        """What the console shows at fit end: ``"GradientMonitor: 62 parameters, healthy over 300 steps"``, or the
+        flagged rows of the health table.
+        """  # noqa: D205
+        if self._tracker is None:
+            return f"{type(self).__name__}: health off"
+        rows = self._tracker.layers()
+        noun = "modules" if self.kind == "activation" else "parameters"
+        if not self._tracker.flagged():
+            return f"{type(self).__name__}: {len(rows)} {noun}, healthy over {steps} steps"
+        return (
+            f"{type(self).__name__} health report after {steps} steps, flagged rows only (every row: the Text tab's "
+            f"health/{self.kind}_report): {self._tracker.to_markdown(only_flagged=True)}"
+        )
 
     # ------------------------------------------------------------------ cleanup
 
@@ -511,6 +547,37 @@ class _LayerMonitor(Callback):
     @override
     def teardown(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
         self._release()
+
+
+class _HealthTotal:
+    """``health/total`` of one trainer: each health monitor's number of flagged layers at its latest judged step.
+
+    The monitors of one logging batch judge at different hooks (gradients before the optimizer step, activations and
+    the updated weights after it) and log at different steps (``k`` and ``k + 1``). The total is written once per
+    batch, at ``trainer.global_step`` of the batch's last judgement, when the next batch's first judgement comes (or
+    at fit end): one value per step, after every monitor of that batch.
+    """
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+        self.group: int | None = None  # ``trainer.global_step`` at the latest judgement
+        self.written: int | None = None  # the step ``health/total`` was last written at
+
+
+_HEALTH_TOTALS: weakref.WeakKeyDictionary[Any, _HealthTotal] = weakref.WeakKeyDictionary()
+
+
+def _health_total(trainer: "pl.Trainer") -> _HealthTotal:
+    return _HEALTH_TOTALS.setdefault(trainer, _HealthTotal())
+
+
+def _write_health_total(trainer: "pl.Trainer") -> None:
+    """Write the pending ``health/total`` (flagged layers, summed over the trainer's health monitors) once."""
+    total = _health_total(trainer)
+    if total.group is None or total.group == total.written:
+        return
+    writers.log_scalars(trainer, {writers.HEALTH_TOTAL: float(sum(total.counts.values()))}, total.group)
+    total.written = total.group
 
 
 def _param_table(

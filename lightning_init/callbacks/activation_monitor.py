@@ -93,8 +93,8 @@ class ActivationMonitor(_LayerMonitor):
     - histograms ``activation/{module}`` (TensorBoard only) of the first micro-batch of a histogram step;
     - with ``health=True``: ``health/nonfinite_activation``, ``health/vanishing_activation``,
       ``health/exploding_activation``, ``health/dead``, ``health/saturated`` (number of flagged modules) at every
-      logging step; the text ``health/activation_report`` and the image ``health/activation_heatmap`` (TensorBoard
-      only).
+      logging step; the text ``health/activation_report``, the images ``health/activation_heatmap`` and
+      ``health/activation_depth_profile``, and the shared ``health/total``.
 
     Health checks (thresholds justified in :class:`~lightning_init.health.HealthThresholds`; the statistics they read
     are computed whatever ``stats`` logs):
@@ -106,9 +106,10 @@ class ActivationMonitor(_LayerMonitor):
     - ``saturated``: ``saturation`` above ``saturated_fraction`` after tanh/sigmoid ("saturated tanh units").
 
     Each finding is a ``UserWarning`` (once per (rule, module)) naming the modules, the value against the threshold
-    and a remedy. At fit end the per-module health table is printed and written to TensorBoard's Text tab as
-    ``health/activation_report``; ``health/activation_heatmap`` (parameterized layers x logged steps, colour = log10
-    of ``activation_std``) goes to the Images tab at fit end and on histogram steps.
+    and a remedy. At fit end one line is printed when nothing was flagged, else the flagged rows; the full table
+    (flagged rows first) goes to the Text tab as ``health/activation_report``; ``health/activation_heatmap``
+    (parameterized layers x logged steps, colour = log10 of the activation std) and
+    ``health/activation_depth_profile`` go to every logger that takes images at fit end and on histogram steps.
 
     Args:
         {cadence_args}
@@ -157,6 +158,7 @@ class ActivationMonitor(_LayerMonitor):
         saturated_fraction: float = SATURATED_FRACTION,
         underflow_fraction: float = UNDERFLOW_FRACTION,
         overflow_fraction: float = OVERFLOW_FRACTION,
+        per_layer_charts: bool = False,
     ) -> None:
         super().__init__(
             every_n_steps,
@@ -167,6 +169,7 @@ class ActivationMonitor(_LayerMonitor):
             stats,
             health=health,
             on_anomaly=on_anomaly,
+            per_layer_charts=per_layer_charts,
             thresholds={
                 "vanishing_activation_ratio": vanishing_activation_ratio,
                 "exploding_activation_ratio": exploding_activation_ratio,

@@ -87,8 +87,8 @@ class GradientMonitor(_LayerMonitor):
       exploding); the first one is announced once with ``rank_zero_info``;
     - histograms ``grad/{param}`` of the finite values (TensorBoard only) on histogram steps;
     - with ``health=True``: ``health/nonfinite_grad``, ``health/vanishing_grad``, ``health/exploding_grad`` (number
-      of flagged parameters) at every logging step; the text ``health/grad_report`` and the image
-      ``health/grad_heatmap`` (TensorBoard only);
+      of flagged parameters) at every logging step; the text ``health/grad_report``, the images
+      ``health/grad_heatmap`` and ``health/grad_depth_profile``, and the shared ``health/total``;
     - with ``"output_grad"`` in ``stats`` (off by default: it adds backward hooks on the logging steps), the backprop
       signal: ``output_grad_norm/{module}`` (``||dL/dh||``, L2 over the step's whole batch) and
       ``output_grad_std/{module}`` of the output ``h`` of every module that owns a watched parameter, in data-flow
@@ -124,9 +124,10 @@ class GradientMonitor(_LayerMonitor):
     backward passes before the first optimizer step.
 
     Each finding is a ``UserWarning`` (once per (rule, parameter)) naming the parameters, the value against the
-    threshold and a remedy. At fit end the per-parameter health table is printed and written to TensorBoard's Text tab
-    as ``health/grad_report``; ``health/grad_heatmap`` (weights x logged steps, colour = log10 of the grad norm) goes
-    to the Images tab at fit end and on histogram steps.
+    threshold and a remedy. At fit end one line is printed when nothing was flagged, else the flagged rows; the full
+    table (flagged rows first) goes to the Text tab as ``health/grad_report``; ``health/grad_heatmap`` (weights x
+    logged steps, colour = log10 of the grad norm) and ``health/grad_depth_profile`` go to every logger that takes
+    images at fit end and on histogram steps.
 
     Args:
         {cadence_args}
@@ -184,6 +185,7 @@ class GradientMonitor(_LayerMonitor):
         exploding_backprop_growth: float = EXPLODING_BACKPROP_GROWTH,
         underflow_fraction: float = UNDERFLOW_FRACTION,
         overflow_fraction: float = OVERFLOW_FRACTION,
+        per_layer_charts: bool = False,
     ) -> None:
         super().__init__(
             every_n_steps,
@@ -194,6 +196,7 @@ class GradientMonitor(_LayerMonitor):
             stats,
             health=health,
             on_anomaly=on_anomaly,
+            per_layer_charts=per_layer_charts,
             thresholds={
                 "vanishing_grad_ratio": vanishing_grad_ratio,
                 "vanishing_grad_floor": vanishing_grad_floor,

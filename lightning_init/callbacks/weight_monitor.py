@@ -62,7 +62,8 @@ class WeightMonitor(_LayerMonitor):
     - histograms ``weight/{param}`` (TensorBoard only) on histogram steps and at fit start;
     - with ``health=True`` (see "Health checks"): ``health/nonfinite_weight``, ``health/symmetric``,
       ``health/update_ratio`` (number of flagged parameters) at every logging step; the text
-      ``health/weight_report`` and the image ``health/weight_heatmap`` (TensorBoard only).
+      ``health/weight_report`` and the images ``health/weight_heatmap``, ``health/weight_depth_profile``, and the
+      shared ``health/total`` (layers flagged by any monitor's rule).
 
     Health checks (thresholds justified in :class:`~lightning_init.health.HealthThresholds`):
 
@@ -73,9 +74,11 @@ class WeightMonitor(_LayerMonitor):
       ``update_ratio_low`` (frozen learning) or above ``update_ratio_high`` (unstable learning).
 
     Each finding is a ``UserWarning`` (once per (rule, parameter)) naming the parameters, the value against the
-    threshold and a remedy. At fit end the per-parameter health table is printed (``rank_zero_info``) and written to
-    TensorBoard's Text tab as ``health/weight_report``; ``health/weight_heatmap`` (parameters x logged steps, colour =
-    log10 of ``update_ratio``) goes to the Images tab at fit end and on histogram steps.
+    threshold and a remedy. At fit end one line is printed (``rank_zero_info``) when nothing was flagged, else the
+    flagged rows; the full table (flagged rows first) goes to the Text tab as ``health/weight_report``;
+    ``health/weight_heatmap`` (parameters x logged steps, colour = log10 of ``update_ratio``) and
+    ``health/weight_depth_profile`` (one line per logged step across the parameters) go to every logger that takes
+    images at fit end and on histogram steps.
 
     Args:
         {cadence_args}
@@ -122,6 +125,7 @@ class WeightMonitor(_LayerMonitor):
         symmetric_spread: float = SYMMETRIC_SPREAD,
         update_ratio_low: float = UPDATE_RATIO_LOW,
         update_ratio_high: float = UPDATE_RATIO_HIGH,
+        per_layer_charts: bool = False,
     ) -> None:
         super().__init__(
             every_n_steps,
@@ -132,6 +136,7 @@ class WeightMonitor(_LayerMonitor):
             stats,
             health=health,
             on_anomaly=on_anomaly,
+            per_layer_charts=per_layer_charts,
             thresholds={
                 "symmetric_spread": symmetric_spread,
                 "update_ratio_low": update_ratio_low,

@@ -7,10 +7,9 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
+from lightning_init.figures import ProfileHistory, depth_profile_figure, heatmap_figure
 from lightning_init.health.rules import (
     _CASES,
     _KIND_WORD,
@@ -23,9 +22,11 @@ from lightning_init.health.rules import (
     _is_bias,
     merge_findings,
 )
-from lightning_init.heatmap import ProfileHistory, depth_profile_image
 
-__all__ = ["PROFILE_STAT", "HealthTracker", "health_tag", "profile_of"]
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+__all__ = ["PROFILE_LABEL", "PROFILE_STAT", "HealthTracker", "health_tag", "profile_of"]
 
 
 #: Rules several kinds fire: their tag carries the kind (``health/nonfinite_grad``, ``health/underflow_activation``).
@@ -42,6 +43,13 @@ def health_tag(rule: Rule, kind: Kind) -> str:
 
 #: Which statistic each kind's depth-profile heatmap shows.
 PROFILE_STAT: dict[Kind, str] = {"weight": "update_ratio", "grad": "norm", "activation": "std", "output_grad": "norm"}
+#: What each profile statistic is called on the figures' axes.
+PROFILE_LABEL: dict[str, str] = {
+    "update_ratio": "update ratio",
+    "norm": "grad norm",
+    "std": "activation std",
+    "signal_std": "activation signal std",
+}
 
 
 def profile_of(
@@ -78,7 +86,7 @@ class HealthTracker:
 
     Args:
         kind: the kind of statistics this tracker follows.
-        max_columns: heatmap columns kept (see :class:`lightning_init.heatmap.ProfileHistory`).
+        max_columns: heatmap columns kept (see :class:`lightning_init.figures.ProfileHistory`).
 
     Example::
 
@@ -164,8 +172,10 @@ class HealthTracker:
         """Layers that were ever flagged, in first-seen order."""
         return [name for name in self._layers if name in self._status]
 
-    def to_markdown(self) -> str:
-        """Per-layer health table (Markdown pipe table), healthy layers included, in depth order."""
+    def to_markdown(self, *, only_flagged: bool = False) -> str:
+        """Per-layer health table (Markdown pipe table): flagged layers first, then the healthy ones (unless
+        ``only_flagged``), each group in depth order.
+        """  # noqa: D205
         if not self._layers:
             return "No layers monitored."
         lines = [
@@ -174,7 +184,9 @@ class HealthTracker:
             "| layer | kind | health | first step | last step | last value |",
             "|---|---|---|---|---|---|",
         ]
-        for name in self._layers:
+        flagged = [name for name in self._layers if name in self._status]
+        healthy = [] if only_flagged else [name for name in self._layers if name not in self._status]
+        for name in flagged + healthy:
             s = self._status.get(name)
             cell = name.replace("|", "\\|")
             if s is None:
@@ -188,14 +200,27 @@ class HealthTracker:
             lines.append(f"| {cell} | {s.kind} | {rules} | {s.first_step} | {s.last_step} | {values} |")
         return "\n".join(lines)
 
-    def heatmap(self, **kwargs: Any) -> np.ndarray | None:
-        """The depth-profile picture of the history (:func:`~lightning_init.heatmap.depth_profile_image` kwargs),
-        or ``None`` before any profile was fed.
+    def heatmap(self) -> Figure | None:
+        """The depth-profile heatmap of the history (:func:`lightning_init.figures.heatmap_figure`: layers x logged
+        steps, log10 colour), or ``None`` before any profile was fed.
         """  # noqa: D205
-        values, _, _ = self.history.matrix()
+        values, layers, steps = self.history.matrix()
         if values.size == 0:
             return None
-        return depth_profile_image(values, **kwargs)
+        label = PROFILE_LABEL.get(PROFILE_STAT[self.kind], PROFILE_STAT[self.kind])
+        return heatmap_figure(values, layers, steps, title=f"{label} by layer (input at the top) and step", label=label)
+
+    def depth_profile(self) -> Figure | None:
+        """The coord-check chart of the history (:func:`lightning_init.figures.depth_profile_figure`: one line per
+        logged step across the layers), or ``None`` before any profile was fed.
+        """  # noqa: D205
+        values, layers, steps = self.history.matrix()
+        if values.size == 0:
+            return None
+        label = PROFILE_LABEL.get(PROFILE_STAT[self.kind], PROFILE_STAT[self.kind])
+        return depth_profile_figure(
+            values, layers, steps, title=f"{label} across depth, one line per logged step", label=label
+        )
 
     def state_dict(self) -> dict[str, Any]:
         """Plain-Python state (for a callback's ``state_dict``)."""

@@ -132,9 +132,13 @@ def _scalar_events(log_dir: Path) -> EventAccumulator:
 
 
 def read_health(log_dir: Path) -> dict[str, dict[int, float]]:
-    """``{tag: {step: value}}`` of every ``health/*`` scalar under ``log_dir``."""
+    """``{tag: {step: value}}`` of every ``health/{rule}`` count under ``log_dir`` (``health/total``, the sum over
+    the monitors, is not a rule's count and is left out).
+    """
     ea = _scalar_events(log_dir)
-    return {tag: scalars(ea, tag) for tag in ea.Tags()["scalars"] if tag.startswith("health/")}
+    return {
+        tag: scalars(ea, tag) for tag in ea.Tags()["scalars"] if tag.startswith("health/") and tag != "health/total"
+    }
 
 
 def read_rows(log_dir: Path) -> dict[str, list[str]]:

@@ -32,6 +32,7 @@ from lightning_init.health.thresholds import (
     _validate_grads,
     _validate_weights,
 )
+from lightning_init.roles import is_bias_name
 
 __all__ = [
     "KINDS",
@@ -275,7 +276,7 @@ def _get(row: Mapping[str, float], stat: str) -> float | None:
 
 
 def _is_bias(name: str) -> bool:
-    return name.rsplit(".", 1)[-1] == "bias"
+    return is_bias_name(name)
 
 
 def _nonfinite(kind: Kind, name: str, row: Mapping[str, float], step: int) -> Finding | None:

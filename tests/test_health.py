@@ -1,5 +1,6 @@
 import itertools
 import math
+import statistics
 import pickle
 import tracemalloc
 
@@ -92,26 +93,54 @@ def test_healthy_profiles_have_no_finding():
 # ------------------------------------------------------------------------------------------------ gradients
 
 
+def _flagged_by_deeper_median(norms, ratio, below=True):
+    """Reference semantics: flagged where norm < ratio * median(deeper norms) (or > for growth)."""
+    out = []
+    for i, n in enumerate(norms[:-1]):
+        ref = statistics.median(norms[i + 1 :])
+        if (n < ratio * ref) if below else (n > ratio * ref):
+            out.append(i)
+    return out
+
+
 def test_vanishing_grads_by_depth_profile():
-    # normal(std=0.01), width 256: gain 0.01 * sqrt(256 / 2) = 0.113 per layer.
+    # normal(std=0.01), width 256: gain 0.01 * sqrt(256 / 2) = 0.113 per layer, for weight and bias gradients alike
+    # (a weight's gradient is its bias's times the input's scale, here 10).
     gain = 0.01 * math.sqrt(128)
-    table = grad_table([1.0] * DEPTH, theory_profile(gain))
+    biases = theory_profile(gain)
+    table = grad_table([10 * b for b in biases], biases)
     found = check_grads(table, step=7, vanishing_grad_floor=0.0)  # isolate the depth-profile rule
     assert {f.rule for f in found} == {"vanishing_grad"}
     flagged = [f.layers[0] for f in found]
-    # 0.113^k < 1e-4 from k = 5 deeper layers on: biases of layers 0..6 (k = 11..5).
-    expected = [f"net.{2 * i}.bias" for i in range(DEPTH) if gain ** (DEPTH - 1 - i) < 1e-4]
+    # each parameter against the median of the deeper ones of its kind: layer i against ~gain^((12 - i) / 2) x its
+    # own norm, below 1e-4 for i <= 3 (gain^4.5 = 5.5e-5; gain^4 = 1.6e-4 is not)
+    layers = _flagged_by_deeper_median(biases, 1e-4)
+    assert layers == [0, 1, 2, 3]
+    expected = [f"net.{2 * i}.{p}" for i in layers for p in ("weight", "bias")]
     assert flagged == expected
     first = found[0]
-    assert first.value == pytest.approx(gain ** (DEPTH - 1), rel=1e-9)  # relative to net.22.bias, the largest
+    assert first.value == pytest.approx(biases[0] / statistics.median(biases[1:]), rel=1e-9)
     # With the default floor, the tiny layers are also below 1e-9: still one rule, counted once per layer.
     assert {f.layers[0] for f in check_grads(table, step=7)} >= set(expected)
     assert first.threshold == 1e-4
     assert first.step == 7
     assert "vanishing" in first.message
-    assert "net.0.bias" in first.message
+    assert "net.0.weight" in first.message
     assert "Kaiming" in first.message
     assert "Xavier" in first.message
+
+
+def test_depth_profile_does_not_cascade_from_one_tiny_deep_gradient():
+    # A healthy Kaiming profile with one tiny (but not structurally zero) weight gradient deep in the net: the
+    # first version compared every shallower layer with the smallest deeper one and flagged all eleven as exploding.
+    weights = list(KAIMING_W)
+    weights[10] = 1e-7
+    found = check_grads(grad_table(weights, [w / 10 for w in weights]), step=0)
+    assert {(f.rule, f.layers[0]) for f in found} == {
+        ("vanishing_grad", "net.20.weight"),  # 1e-7 against the deepest (6.1)
+        ("vanishing_grad", "net.20.bias"),
+    }
+    # Against the median of the deeper ones, net.18 (4.7) sees median(1e-7, 6.1) = 3.05: not exploding.
 
 
 def test_vanishing_grads_absolute_floor_on_flat_tiny_profile():
@@ -123,19 +152,22 @@ def test_vanishing_grads_absolute_floor_on_flat_tiny_profile():
 
 
 def test_exploding_grads_ceiling_and_growth():
-    found = check_grads(grad_table([4e11] * DEPTH, [1.0] * DEPTH), step=0)
+    found = [f for f in check_grads(grad_table([4e11] * DEPTH, [1.0] * DEPTH), step=0) if not f.info]
     assert {f.rule for f in found} == {"exploding_grad"}
     assert len(found) == DEPTH
     assert "exploding" in found[0].message
     assert "gradient_clip" in found[0].message
     assert "learning rate" in found[0].message
-    # Growth toward the input (std=1.0: gain 11.3 per layer), norms all under the ceiling.
+    # Growth toward the input (std=1.0: gain 11.3 per layer), norms all under the ceiling; weight gradients are
+    # their biases' times the input scale (10), capped like them.
     gain = math.sqrt(128)
-    biases = [min(b, 9e3) for b in theory_profile(gain, top=1e-6)]
-    found = check_grads(grad_table(KAIMING_W, biases), step=0)
+    biases = [min(b, 9e2) for b in theory_profile(gain, top=1e-6)]
+    found = check_grads(grad_table([10 * b for b in biases], biases), step=0)
     assert found
     assert {f.rule for f in found} == {"exploding_grad"}
-    assert all(f.layers[0].endswith(".bias") for f in found)
+    layers = _flagged_by_deeper_median(biases, 1e4, below=False)
+    assert layers
+    assert [f.layers[0] for f in found] == [f"net.{2 * i}.{p}" for i in layers for p in ("weight", "bias")]
     assert all(f.value > 1e4 for f in found)
     # The deeper layers are the reference: never flagged as vanishing.
     assert not any(f.rule == "vanishing_grad" for f in found)
@@ -324,7 +356,7 @@ def test_tracker_warns_once_per_rule_and_layer_and_counts():
     new = tracker.update(20, check_activations(table, nls, step=20))
     assert [(f.rule, f.layers) for f in new] == [("nonfinite", ("net.1",))]
     assert tracker.counts == {"nonfinite": 1, "vanishing_activation": 0, "exploding_activation": 0, "dead": 1,
-                              "saturated": 0}  # fmt: skip
+                              "saturated": 0, "output_scale": 0}  # fmt: skip
     # Healthy step: counts back to zero.
     assert tracker.update(30, []) == []
     assert set(tracker.scalars().values()) == {0.0}

@@ -11,19 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from lightning_init.health.rules import (
-    _CASES,
-    _KIND_WORD,
-    KINDS,
-    RULES_BY_KIND,
-    Finding,
-    Kind,
-    Rule,
-    _fmt,
-    _is_bias,
-    merge_findings,
-)
+from lightning_init.health.rules import _KIND_WORD, KINDS, RULES_BY_KIND, Finding, Kind, Rule, _fmt, merge_findings
 from lightning_init.heatmap import ProfileHistory, depth_profile_image
+from lightning_init.roles import is_bias_name
 
 __all__ = ["PROFILE_STAT", "HealthTracker", "health_tag", "profile_of"]
 
@@ -37,24 +27,38 @@ def health_tag(rule: Rule, kind: Kind) -> str:
 
 
 #: Which statistic each kind's depth-profile heatmap shows.
-PROFILE_STAT: dict[Kind, str] = {"weight": "update_ratio", "grad": "norm", "activation": "std"}
+PROFILE_STAT: dict[Kind, str] = {"weight": "update_ratio", "grad": "norm", "activation": "signal_std"}
+#: The statistic shown where a table has no ``PROFILE_STAT`` column (activation tables of the first version).
+_PROFILE_FALLBACK: dict[str, str] = {"signal_std": "std"}
 
 
 def profile_of(
-    kind: Kind, table: Mapping[str, Mapping[str, float]], nonlinearities: Mapping[str, str | None] | None = None
+    kind: Kind,
+    table: Mapping[str, Mapping[str, float]],
+    nonlinearities: Mapping[str, str | None] | None = None,
+    *,
+    roles: Mapping[str, str] | None = None,
 ) -> dict[str, float]:
-    """One heatmap column: ``PROFILE_STAT[kind]`` of every non-bias parameter (weight, grad; ``total`` excluded) or
-    of every parameterized module (activation; ``nonlinearities[name] is None``), in table order.
+    """One heatmap column: ``PROFILE_STAT[kind]`` of every non-bias parameter (weight, grad; ``total`` excluded;
+    ``roles`` decides what a bias is, else :func:`~lightning_init.roles.is_bias_name`) or of every layer module
+    (activation; ``nonlinearities[name] is None``: the signal std, the plain std for tables without it), in table
+    order.
     """  # noqa: D205
     stat = PROFILE_STAT[kind]
     nls = nonlinearities or {}
+    rls = roles or {}
     out: dict[str, float] = {}
     for name, row in table.items():
-        if name == "total" or stat not in row:
+        key = stat if stat in row else _PROFILE_FALLBACK.get(stat, stat)
+        if name == "total" or key not in row:
             continue
-        if (kind == "activation" and nls.get(name) is not None) or (kind != "activation" and _is_bias(name)):
+        if kind == "activation" and nls.get(name) is not None:
             continue
-        out[name] = float(row[stat])
+        if kind != "activation" and (
+            rls.get(name) in ("bias", "norm_bias") or (name not in rls and is_bias_name(name))
+        ):
+            continue
+        out[name] = float(row[key])
     return out
 
 
@@ -94,6 +98,7 @@ class HealthTracker:
         self._status: dict[str, _Status] = {}
         self._layers: dict[str, None] = {}
         self._counts: dict[Rule, int] = dict.fromkeys(RULES_BY_KIND[kind], 0)
+        self._info: dict[str, dict[str, int]] = {}  # layer -> {info rule: first step}
 
     def update(
         self,
@@ -125,11 +130,23 @@ class HealthTracker:
         counts: dict[Rule, set[str]] = {rule: set() for rule in RULES_BY_KIND[self.kind]}
         new: list[Finding] = []
         for f in findings:
+            if f.info:  # information: in the report, returned once, never counted
+                fresh = False
+                for layer in f.layers:
+                    self._layers.setdefault(layer, None)
+                    rules = self._info.setdefault(layer, {})
+                    rules.setdefault(f.rule, f.step)
+                    if (f.rule, layer) not in self._warned:
+                        self._warned.add((f.rule, layer))
+                        fresh = True
+                if fresh:
+                    new.append(f)
+                continue
             counts.setdefault(f.rule, set()).update(f.layers)
             fresh = False
             for layer in f.layers:
                 self._layers.setdefault(layer, None)
-                op = _CASES[(f.rule, f.measure)].op
+                op = f.op
                 status = self._status.get(layer)
                 if status is None:
                     status = self._status[layer] = _Status(f.kind, f.step, f.step, {})
@@ -173,10 +190,12 @@ class HealthTracker:
         for name in self._layers:
             s = self._status.get(name)
             cell = name.replace("|", "\\|")
+            info = self._info.get(name, {})
+            note = "".join(f" ({rule} at step {first}: information)" for rule, first in info.items())
             if s is None:
-                lines.append(f"| {cell} | {self.kind} | ok | | | |")
+                lines.append(f"| {cell} | {self.kind} | ok{note} | | | |")
                 continue
-            rules = ", ".join(s.last)
+            rules = ", ".join(s.last) + note
             values = "; ".join(
                 f"{r}: {_fmt(v)} {op} {_fmt(t)}" if op else f"{r}: {_fmt(v)} (not finite)"
                 for r, (v, op, t) in s.last.items()
@@ -200,6 +219,7 @@ class HealthTracker:
             "warned": sorted([list(k) for k in self._warned]),
             "layers": list(self._layers),
             "status": {name: dataclasses.asdict(s) for name, s in self._status.items()},
+            "info": {name: dict(rules) for name, rules in self._info.items()},
             "history": self.history.state_dict(),
         }
 
@@ -211,4 +231,5 @@ class HealthTracker:
             name: _Status(s["kind"], s["first_step"], s["last_step"], {r: tuple(v) for r, v in s["last"].items()})
             for name, s in state["status"].items()
         }
+        self._info = {name: dict(rules) for name, rules in state.get("info", {}).items()}
         self.history.load_state_dict(state["history"])

@@ -1,7 +1,7 @@
 import itertools
 import math
-import statistics
 import pickle
+import statistics
 import tracemalloc
 
 import pytest

@@ -82,8 +82,8 @@ THRESHOLDS: tuple[Threshold, ...] = (
         1.0,
         "a gradient norm this many times smaller than the median of the deeper gradients of its group (weights, "
         "biases, norm parameters, embeddings, free parameters: each compared with its own kind) is vanishing: "
-        "under SGD such a parameter learns 10,000x slower than its peers; a 12-layer ReLU MLP under Xavier (a mild, harmless decay) stays above 2e-2, "
-        "under normal(std=0.01) the input side falls to 1e-10.",
+        "under SGD such a parameter learns 10,000x slower than its peers; a 12-layer ReLU MLP under Xavier (a mild, "
+        "harmless decay) stays above 2e-2, under normal(std=0.01) the input side falls to 1e-10.",
         ho=True,
     ),
     _t(

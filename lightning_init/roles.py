@@ -42,6 +42,7 @@ Example::
 from __future__ import annotations
 
 import copy
+import math
 import re
 import weakref
 from typing import Literal, get_args
@@ -49,7 +50,7 @@ from typing import Literal, get_args
 import torch
 from torch import nn
 
-__all__ = ["ROLES", "Role", "is_bias_name", "is_norm", "parameter_role", "parameter_roles"]
+__all__ = ["ROLES", "Role", "fan_in", "is_bias_name", "is_norm", "parameter_role", "parameter_roles", "unit_norm"]
 
 Role = Literal["weight", "recurrent", "bias", "norm_weight", "norm_bias", "embedding", "free"]
 #: Every role, in documentation order.
@@ -185,3 +186,35 @@ def parameter_roles(model: nn.Module) -> dict[str, Role]:
         if prev is None or rank.get(role, 2) < rank.get(prev, 2):
             best[id(p)] = role
     return {name: best[id(p)] for name, p, _ in found}
+
+
+def _transposed(module: nn.Module) -> bool:
+    """HF ``Conv1D`` (GPT-2): a 2-D weight stored as (in, out), recognized by its class name and ``nf`` attribute."""
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf")
+
+
+def fan_in(module: nn.Module, name: str) -> int | None:
+    """Inputs per output unit of ``module``'s weight-like parameter ``name``: ``prod(shape[1:])`` (Linear, Conv,
+    attention projections, RNN gate blocks), ``shape[0]`` for HF ``Conv1D``; ``None`` for 1-D or lazy parameters.
+    """  # noqa: D205
+    p = module._parameters.get(name)
+    if p is None or not _materialized(p) or p.dim() < 2:
+        return None
+    if _transposed(module) and name == "weight":
+        return int(p.shape[0])
+    return int(math.prod(p.shape[1:]))
+
+
+def unit_norm(module: nn.Module, name: str, role: Role | None = None) -> float:
+    """The norm parameter ``name`` of ``module`` has at unit scale: the scale an update is measured against.
+
+    A ``weight`` / ``recurrent`` weight that passes a unit-variance signal has RMS ``1/sqrt(fan_in)`` (LeCun), so
+    ``sqrt(numel / fan_in)``; every other parameter (a gamma, a shift, a bias, an embedding row, a class token) acts
+    on a unit-scale signal at RMS 1, so ``sqrt(numel)``. ``0.0`` for a lazy parameter.
+    """
+    p = module._parameters.get(name)
+    if p is None or not _materialized(p):
+        return 0.0
+    role = role or parameter_role(module, name)
+    fan = fan_in(module, name) if role in ("weight", "recurrent") else None
+    return math.sqrt(p.numel() / fan) if fan else math.sqrt(p.numel())

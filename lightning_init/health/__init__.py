@@ -8,6 +8,7 @@
 Never imports Lightning.
 """
 
+from lightning_init.health.context import activation_context, parameter_context
 from lightning_init.health.rules import (
     INFO_RULES,
     KINDS,
@@ -78,6 +79,7 @@ __all__ = [
     "Rule",
     "RuleSpec",
     "Threshold",
+    "activation_context",
     "check_activations",
     "check_grads",
     "check_weights",
@@ -85,6 +87,7 @@ __all__ = [
     "frame",
     "health_tag",
     "merge_findings",
+    "parameter_context",
     "profile_of",
     "rule_table_markdown",
 ]

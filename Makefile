@@ -1,12 +1,15 @@
 # The two commands of the README:  `make demo`  and  `make test`.
 # Both create the virtual environment (.venv) on first use and install everything into it.
+# `make tensorboard` opens the demo's runs (LOGDIR=... for another directory, PORT=... for another port).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 LINT_PATHS := lightning_init tests examples benchmarks
+LOGDIR ?= demo_runs
+PORT ?= 6006
 
-.PHONY: demo test lint typecheck pytest venv clean
+.PHONY: demo test tensorboard lint typecheck pytest venv clean
 
 venv: $(STAMP)
 
@@ -18,6 +21,9 @@ $(STAMP): pyproject.toml constraints.txt
 
 demo: $(STAMP)
 	$(BIN)/lightning-init demo
+
+tensorboard: $(STAMP)
+	$(BIN)/tensorboard --logdir $(LOGDIR) --port $(PORT)
 
 lint: $(STAMP)
 	$(BIN)/ruff check $(LINT_PATHS)

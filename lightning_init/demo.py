@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -607,6 +608,7 @@ def run_compare(
     steps: int = 200,
     seed: int = 0,
     every_n_steps: int = 10,
+    progress: bool = True,
     verbose: bool = False,
 ) -> list[RunResult]:
     """One short fit per scheme on a user's LightningCLI config; the config's ``WeightInit`` is replaced.
@@ -616,18 +618,49 @@ def run_compare(
     ``TensorBoardLogger`` writing ``{out}/compare/{scheme}``; monitors are added unless the config has them. A config
     that LightningCLI rejects fails exactly as it would in the user's own script. Lightning's info lines and the
     callbacks' reports are silenced unless ``verbose`` (see :func:`quiet`).
+
+    While it runs, one progress bar (tqdm, on stderr, as the demo's) counts the steps of every fit, unless
+    ``progress=False``; after each fit one line on stdout says how it went (:func:`run_line`).
     """
-    results = []
-    for scheme in schemes:
-        with quiet(not verbose), warnings.catch_warnings():
-            # The health verdicts go into the table; LightningCLI's "args and sys.argv both given" note is ours.
-            warnings.simplefilter("ignore")
-            results.append(_compare_one(config, scheme, out=out, steps=steps, seed=seed, every_n_steps=every_n_steps))
+    from tqdm.auto import tqdm
+
+    results: list[RunResult] = []
+    bar = tqdm(total=steps * len(schemes), desc="lightning-init compare", unit="step", disable=not progress)
+    with bar:
+        for i, scheme in enumerate(schemes, 1):
+            bar.set_postfix_str(scheme.label)
+            with quiet(not verbose), warnings.catch_warnings():
+                # The health verdicts go into the table; LightningCLI's "args and sys.argv both given" note is ours.
+                warnings.simplefilter("ignore")
+                result = _compare_one(
+                    config,
+                    scheme,
+                    out=out,
+                    steps=steps,
+                    seed=seed,
+                    every_n_steps=every_n_steps,
+                    extra_callbacks=[_StepProgress(bar)],
+                )
+            results.append(result)
+            bar.write(f"[{i}/{len(schemes)}] {run_line(result)}", file=sys.stdout)
     return results
 
 
+def run_line(result: RunResult) -> str:
+    """One line about a finished run: name, wall time, metrics, verdict."""
+    metrics = ", ".join(f"{k} {_fmt(v, '.4g')}" for k, v in result.metrics.items())
+    return f"{result.experiment}/{result.scheme}: {result.seconds:.1f} s, {metrics or 'no metrics'}; {result.verdict}"
+
+
 def _compare_one(
-    config: str | Path, scheme: Scheme, *, out: str | Path, steps: int, seed: int, every_n_steps: int
+    config: str | Path,
+    scheme: Scheme,
+    *,
+    out: str | Path,
+    steps: int,
+    seed: int,
+    every_n_steps: int,
+    extra_callbacks: Iterable[Callback] = (),
 ) -> RunResult:
     """One fit of :func:`run_compare`."""
     import json
@@ -665,7 +698,7 @@ def _compare_one(
     has_monitors = {type(c) for c in kept} & {WeightMonitor, ActivationMonitor, GradientMonitor}
     added = [] if has_monitors else monitors(every_n_steps, histogram_every_n_steps=max(steps // 4, 1))
     init = WeightInit(scheme=scheme.scheme, seed=seed, **scheme.params)  # type: ignore[arg-type]
-    trainer.callbacks = [init, *kept, *added]  # type: ignore[attr-defined]
+    trainer.callbacks = [init, *kept, *added, *extra_callbacks]  # type: ignore[attr-defined]
     trainer.fit(cli.model, datamodule=cli.datamodule)
     metrics = {k: float(v) for k, v in sorted(trainer.callback_metrics.items()) if v.numel() == 1}
     log_dir = str(trainer.logger.log_dir) if trainer.logger is not None else ""

@@ -55,13 +55,49 @@ def test_compare_refuses_a_scheme_typo_before_any_fit(capsys):
 def test_help_documents_every_option():
     for command, options in {
         "demo": ["--out", "--steps", "--seed", "--every-n-steps", "--no-progress", "--verbose"],
-        "compare": ["--config", "--schemes", "--out", "--steps", "--seed", "--every-n-steps", "--verbose"],
+        "compare": [
+            "--config",
+            "--schemes",
+            "--out",
+            "--steps",
+            "--seed",
+            "--every-n-steps",
+            "--no-progress",
+            "--verbose",
+        ],
     }.items():
         out = subprocess.run(
             [sys.executable, "-m", "lightning_init.cli", command, "--help"], capture_output=True, text=True, check=True
         ).stdout
         for option in options:
             assert option in out, (command, option)
+
+
+def test_help_and_argument_errors_import_neither_torch_nor_lightning():
+    """`lightning-init --help` answers at once: the heavy imports happen inside a subcommand's `run`."""
+    probe = (
+        "import sys\n"
+        "from lightning_init.cli import main\n"
+        "for argv in (['--help'], ['demo', '--help'], ['compare', '--help'], ['demo', '--steps', '0'], ['bogus']):\n"
+        "    try:\n"
+        "        main(argv)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "print(sorted(m for m in ('torch', 'lightning', 'tensorboard', 'matplotlib', 'numpy') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines()[-1] == "[]", out
+
+
+def test_subcommands_come_from_one_table():
+    from lightning_init.cli import COMMANDS, build_parser
+
+    parser, parsers = build_parser()
+    assert list(parsers) == [c.name for c in COMMANDS]
+    help_text = parser.format_help()
+    for command in COMMANDS:
+        assert command.name in help_text
+        assert command.help[:30] in help_text
 
 
 def test_scheme_parsing():
@@ -128,7 +164,15 @@ def test_compare_gives_one_row_and_one_run_per_scheme(tmp_path, capsys):
         ]
     )
     assert code == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
+    # Progress while it runs: tqdm's bar on stderr, one line per finished fit on stdout.
+    assert "lightning-init compare" in captured.err
+    assert "24/24" in captured.err, captured.err[-500:]
+    run_lines = [line for line in out.splitlines() if line.startswith("[")]
+    assert run_lines[0].startswith("[1/2] mlp_auto/xavier_normal: "), run_lines
+    assert run_lines[1].startswith("[2/2] mlp_auto/kaiming_normal_nonlinearity=relu: "), run_lines
+    assert " s, " in run_lines[0]
     assert "| mlp_auto   | xavier_normal " in out
     assert "| mlp_auto   | kaiming_normal_nonlinearity=relu " in out
     runs = sorted(p.name for p in (tmp_path / "compare").iterdir())

@@ -13,8 +13,10 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from lightning_init.callbacks.monitors import ActivationMonitor, GradientMonitor, WeightMonitor
+    from lightning_init.callbacks.activation_monitor import ActivationMonitor
+    from lightning_init.callbacks.gradient_monitor import GradientMonitor
     from lightning_init.callbacks.weight_init import WeightInit
+    from lightning_init.callbacks.weight_monitor import WeightMonitor
     from lightning_init.health import Finding, HealthError, HealthThresholds
     from lightning_init.init import InitReport, LayerInit, init_module
     from lightning_init.lsuv import LSUVLayer, LSUVReport, LSUVSkipped, lsuv_
@@ -24,9 +26,9 @@ __version__ = "0.1.0"
 
 #: Public name -> the module that defines it (keep in step with the ``TYPE_CHECKING`` imports above).
 _EXPORTS: dict[str, str] = {
-    "ActivationMonitor": "lightning_init.callbacks.monitors",
-    "GradientMonitor": "lightning_init.callbacks.monitors",
-    "WeightMonitor": "lightning_init.callbacks.monitors",
+    "ActivationMonitor": "lightning_init.callbacks.activation_monitor",
+    "GradientMonitor": "lightning_init.callbacks.gradient_monitor",
+    "WeightMonitor": "lightning_init.callbacks.weight_monitor",
     "WeightInit": "lightning_init.callbacks.weight_init",
     "Finding": "lightning_init.health",
     "HealthError": "lightning_init.health",

@@ -24,8 +24,10 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from lightning_init.callbacks.monitors import ActivationMonitor, GradientMonitor, WeightMonitor
+from lightning_init.callbacks.activation_monitor import ActivationMonitor
+from lightning_init.callbacks.gradient_monitor import GradientMonitor
 from lightning_init.callbacks.weight_init import WeightInit
+from lightning_init.callbacks.weight_monitor import WeightMonitor
 from lightning_init.models import MLPClassifier, TeacherDataModule, XORDataModule
 
 #: Health rule (tag ``health/{rule}``) -> the word the results table shows. ``update_ratio`` findings (frozen or

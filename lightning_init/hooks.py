@@ -7,7 +7,6 @@ reductions (never the activation itself) and are always removable, and tells whe
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any
@@ -16,6 +15,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from lightning_init.activations import BOUNDED, nonlinearity_of
+from lightning_init.callbacks._compat import compiled_by_lightning, optimized_module_type
 from lightning_init.stats import (
     HISTOGRAM_BINS,
     activation_row,
@@ -38,12 +38,11 @@ def compiled_regions(module: nn.Module) -> list[str]:
     traced without them is reused. Hooks registered for one step only (as the activation monitor does) are therefore
     useless inside these regions. Found: every ``torch.compile(submodule)`` wrapper (``OptimizedModule``), and the
     whole ``module`` when its own ``forward`` was compiled, which is how Lightning runs ``trainer.fit(torch.compile(
-    model))`` (it unwraps the model and marks it with ``_compiler_ctx``, see ``lightning.pytorch.utilities.compile``).
+    model))`` (it unwraps the model and marks it, see :func:`lightning_init.callbacks._compat.compiled_by_lightning`).
     """
-    regions = [""] if getattr(module, "_compiler_ctx", None) is not None else []
-    eval_frame = sys.modules.get("torch._dynamo.eval_frame")  # imported by torch.compile: absent, nothing compiled
-    optimized = getattr(eval_frame, "OptimizedModule", None)
-    if isinstance(optimized, type):
+    regions = [""] if compiled_by_lightning(module) else []
+    optimized = optimized_module_type()  # None until the first torch.compile: nothing compiled
+    if optimized is not None:
         regions += [name for name, m in module.named_modules() if name and isinstance(m, optimized)]
     return regions
 

@@ -10,6 +10,7 @@ import numpy as np
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.compat.proto.summary_pb2 import Summary
 
+from lightning_init.callbacks._compat import event_file_writer, logger_prefix
 from lightning_init.heatmap import to_png
 from lightning_init.stats import HostHistogram
 
@@ -37,16 +38,15 @@ def log_text(trainer: "pl.Trainer", tag: str, markdown: str, step: int) -> None:
 def _add_summary(writer: Any, summary: Summary, step: int) -> bool:
     """Hand a ready ``Summary`` to ``writer``'s event file writer; ``False`` if this writer cannot take it.
 
-    ``SummaryWriter`` has no public method that takes a built ``Summary``, hence the one private call, isolated here
-    (``_get_file_writer``, present in torch's and tensorboardX's writers). A writer without it, or with its own
-    protobuf classes (tensorboardX raises ``TypeError``), returns ``False`` and the caller falls back to the public
-    API.
+    ``SummaryWriter`` has no public method that takes a built ``Summary``, hence the one private call
+    (:func:`lightning_init.callbacks._compat.event_file_writer`). A writer without it, or with its own protobuf
+    classes (tensorboardX raises ``TypeError``), returns ``False`` and the caller falls back to the public API.
     """
-    file_writer = getattr(writer, "_get_file_writer", None)
-    if file_writer is None:
-        return False
     try:
-        file_writer().add_summary(summary, step)
+        file_writer = event_file_writer(writer)
+        if file_writer is None:
+            return False
+        file_writer.add_summary(summary, step)
     except TypeError:
         return False
     return True
@@ -95,10 +95,10 @@ def _add_scalars_at_once(logger: TensorBoardLogger, metrics: Mapping[str, float]
     trip through the writer thread's queue per value, ~60 ms for the ~650 scalars of three monitors on a 20-layer
     MLP. A single ``Summary`` holding all of them is ~1 ms and reads back identically (TensorBoard's readers and
     ``EventAccumulator`` iterate over ``summary.value``: same tags, values, steps). The logger's ``prefix`` is applied
-    as ``log_metrics`` would (``{prefix}-{key}``; the logger's private ``_prefix``). A writer that cannot take the
-    summary (see :func:`_add_summary`) falls back to ``log_metrics``.
+    as ``log_metrics`` would (``{prefix}-{key}``; :func:`lightning_init.callbacks._compat.logger_prefix`). A writer
+    that cannot take the summary (see :func:`_add_summary`) falls back to ``log_metrics``.
     """
-    prefix = getattr(logger, "_prefix", "")
+    prefix = logger_prefix(logger)
     join = getattr(logger, "LOGGER_JOIN_CHAR", "-")
     summary = Summary(
         value=[

@@ -18,6 +18,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
+from lightning_init.callbacks._compat import sharded_strategy
 from lightning_init.init import InitReport, init_module
 from lightning_init.lsuv import check_lsuv_args
 from lightning_init.rules import InitRule, as_rules
@@ -160,7 +161,7 @@ class WeightInit(Callback):
     def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
         if stage != "fit":
             return
-        refused = _refused_strategy(trainer.strategy)
+        refused = sharded_strategy(trainer.strategy)
         if refused is not None:
             raise RuntimeError(
                 f"WeightInit cannot initialize parameters under {refused}: it shards them and restores checkpoints "
@@ -245,12 +246,3 @@ def _broadcast_from_rank_zero(trainer: "pl.Trainer", module: torch.nn.Module) ->
         return
     for tensor in [*module.parameters(), *module.buffers()]:
         torch.distributed.broadcast(tensor.data, src=0)
-
-
-def _refused_strategy(strategy: object) -> str | None:
-    """The name of ``strategy``'s class when it shards parameters (FSDP, DeepSpeed, ModelParallel), else ``None``."""
-    from lightning.pytorch import strategies
-
-    names = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")
-    refused = tuple(cls for cls in (getattr(strategies, n, None) for n in names) if isinstance(cls, type))
-    return type(strategy).__name__ if isinstance(strategy, refused) else None

@@ -1,0 +1,424 @@
+"""What the three monitors share: ``_LayerMonitor`` (cadence, selection, the table seam, health, cleanup).
+
+The monitors are :class:`~lightning_init.callbacks.weight_monitor.WeightMonitor`,
+:class:`~lightning_init.callbacks.gradient_monitor.GradientMonitor` and
+:class:`~lightning_init.callbacks.activation_monitor.ActivationMonitor` (scheduling only). When to measure lives
+in them; the math is in :mod:`lightning_init.stats`, the hooks in :mod:`lightning_init.hooks`,
+the writing in :mod:`lightning_init.writers`.
+
+Step convention (``k`` = ``trainer.global_step`` while optimizer step ``k`` runs, i.e. the number of steps done):
+
+- optimizer step ``k`` is a *logging step* when ``k == 0`` (the first step shows the initializer's own gradient and
+  activation profile) or ``(k + 1) % every_n_steps == 0`` (Lightning's own ``log_every_n_steps`` rule, so our curves
+  line up with ``self.log`` metrics); a *histogram step* when
+  ``(k + 1) % histogram_every_n_steps == 0``;
+- activations and gradients of step ``k`` (computed with the weights before the update) are logged at step ``k``;
+- weights after the update of step ``k`` (and the ``update_ratio`` of that update) are logged at step ``k + 1``, the
+  ``global_step`` once the update is done; the weights before any update are logged at fit start (step ``0`` on a
+  fresh run). So with ``every_n_steps=50``: gradients/activations at 0, 49, 99, ...; weights at 0, 1, 50, 100, ...
+- manual optimization: ``global_step`` counts every optimizer's steps (two per batch for a GAN), so the cadence
+  applies to the batch count instead (Lightning's own logging counter); a logging batch logs the gradients of every
+  optimizer it steps, each at its own ``global_step``.
+
+Distributed (DDP): weights are replicated and gradients are read after the all-reduce, so every process measures the
+same numbers; activation statistics are merged across processes (one ``all_gather`` per logging step, see
+:mod:`lightning_init.reduce`) and describe the global batch. Every process therefore takes the same health decisions
+(``on_anomaly="stop"`` stops every rank at the same step); only rank zero writes. Sharded strategies (FSDP,
+DeepSpeed, ModelParallel) are refused by ``WeightMonitor`` and ``GradientMonitor`` at setup.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, TypeVar, get_args
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
+from torch import Tensor, nn
+from typing_extensions import override
+
+from lightning_init import writers
+from lightning_init.callbacks._compat import batches_that_stepped, sharded_strategy
+from lightning_init.health import (
+    Finding,
+    HealthError,
+    HealthThresholds,
+    HealthTracker,
+    Kind,
+    OnAnomaly,
+    merge_findings,
+    profile_of,
+)
+from lightning_init.hooks import original_name
+from lightning_init.schemes import check_choice
+from lightning_init.stats import (
+    HISTOGRAM_BINS,
+    HostHistogram,
+    Table,
+    fetch,
+    histogram_columns,
+    host_histograms,
+    repair,
+    tensor_columns,
+)
+
+__all__: list[str] = []
+
+#: Histograms are costly (a pass, a scatter and a transfer per tensor) and TensorBoard shows ~30 of them per tag;
+#: every 500 steps keeps them to a few hundred per tag over a long run.
+DEFAULT_HISTOGRAM_EVERY_N_STEPS = 500
+
+_ON_ANOMALY: tuple[str, ...] = get_args(OnAnomaly)
+
+
+#: Docstring text the three monitors share, written once: a line ``{key}`` in a monitor's docstring is replaced by
+#: :func:`_document` when the class is created, so ``help()``, Sphinx and LightningCLI's ``--help`` read the full text.
+_SHARED_DOCS: dict[str, str] = {
+    "cadence_args": """\
+every_n_steps: log every this many optimizer steps; ``None`` uses ``Trainer(log_every_n_steps=...)``.
+histogram_every_n_steps: histograms every this many optimizer steps; ``None`` turns them off.""",
+    "health_args": """\
+health: judge every logged table with the health rules below (``False``: measure only).
+on_anomaly: on a finding, ``"warn"`` only (a ``UserWarning`` once per (rule, layer)), ``"stop"`` training
+    gracefully after the current step (``trainer.should_stop``), or ``"raise"``
+    :class:`~lightning_init.health.HealthError` (hooks are removed on the way out).""",
+    "value_error": """\
+ValueError: on a non-positive ``every_n_steps`` / ``histogram_every_n_steps``, an unknown statistic, an
+    unknown ``on_anomaly`` or a threshold out of its range.""",
+}
+
+_M = TypeVar("_M", bound=type)
+
+
+def _document(cls: _M) -> _M:
+    """Fill the ``{key}`` lines of ``cls.__doc__`` with :data:`_SHARED_DOCS`, indented as the line."""
+    lines = []
+    for line in (cls.__doc__ or "").split("\n"):
+        key = line.strip()
+        if key.startswith("{") and key.endswith("}") and key[1:-1] in _SHARED_DOCS:
+            indent = line[: len(line) - len(line.lstrip())]
+            lines += [indent + text for text in _SHARED_DOCS[key[1:-1]].split("\n")]
+        else:
+            lines.append(line)
+    cls.__doc__ = "\n".join(lines)
+    return cls
+
+
+def _positive_or_none(arg: str, value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"`{arg}` must be a positive int or None, got {value!r}.")
+    return value
+
+
+def _names(arg: str, value: str | Sequence[str] | None) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    items = (value,) if isinstance(value, str) else tuple(value)
+    for item in items:
+        if not isinstance(item, str):
+            raise ValueError(f"`{arg}` must be glob strings, got {item!r}.")
+    return items
+
+
+def _type_matches(module: nn.Module, module_types: tuple[str | type, ...]) -> bool:
+    for cls in type(module).__mro__:
+        for wanted in module_types:
+            if cls is wanted or cls.__name__ == wanted:
+                return True
+    return False
+
+
+class _LayerMonitor(Callback):
+    """Shared scheduling of the three monitors.
+
+    After every logging step a monitor holds a host-side table ``{name: {stat: value}}`` ordered from input to output
+    and hands it to :meth:`_on_table`, the one place to extend (the default logs the selected statistics as
+    ``{kind}_{stat}/{name}`` scalars to every logger and, with ``health=True``, judges the table with
+    :mod:`lightning_init.health`). Rows may carry more statistics than are logged (see ``_extra_stats``).
+    """
+
+    kind: ClassVar[Kind]
+    _valid_stats: ClassVar[tuple[str, ...]]
+    _default_stats: ClassVar[tuple[str, ...]]
+    #: Statistics the health rules of this kind read (computed into the table when ``health=True``, not logged).
+    _health_stats: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(
+        self,
+        every_n_steps: int | None = None,
+        histogram_every_n_steps: int | None = DEFAULT_HISTOGRAM_EVERY_N_STEPS,
+        include: str | Sequence[str] | None = None,
+        exclude: str | Sequence[str] | None = None,
+        module_types: Sequence[str | type[nn.Module]] | None = None,
+        stats: Sequence[str] | None = None,
+        *,
+        health: bool = True,
+        on_anomaly: OnAnomaly = "warn",
+        thresholds: Mapping[str, float] | None = None,
+    ) -> None:
+        self.every_n_steps = _positive_or_none("every_n_steps", every_n_steps)
+        self.histogram_every_n_steps = _positive_or_none("histogram_every_n_steps", histogram_every_n_steps)
+        self.include = _names("include", include)
+        self.exclude = _names("exclude", exclude)
+        types = () if module_types is None else tuple(module_types)
+        for t in types:
+            if not (isinstance(t, str) or (isinstance(t, type) and issubclass(t, nn.Module))):
+                raise ValueError(f"`module_types` must be nn.Module class names or classes, got {t!r}.")
+        self.module_types: tuple[str | type, ...] = types
+        chosen = self._default_stats if stats is None else ((stats,) if isinstance(stats, str) else tuple(stats))
+        for s in chosen:
+            check_choice("stats", s, self._valid_stats)
+        self.stats: tuple[str, ...] = tuple(dict.fromkeys(chosen))
+        if not isinstance(health, bool):
+            raise ValueError(f"`health` must be True or False, got {health!r}.")
+        check_choice("on_anomaly", on_anomaly, _ON_ANOMALY)
+        self.health = health
+        self.on_anomaly: OnAnomaly = on_anomaly
+        #: The validated thresholds (this monitor reads only those of its own rules).
+        self.thresholds = HealthThresholds(**dict(thresholds or {}))
+        self._tracker: HealthTracker | None = HealthTracker(self.kind) if health else None
+        self._heatmap_step: int | None = None
+        #: Statistics computed into the table but not logged (e.g. ``row_spread`` for a health verdict).
+        self._extra_stats: tuple[str, ...] = self._health_stats if health else ()
+        self._every: int | None = None
+        self._warned_no_logger = False
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(
+            every_n_steps=self.every_n_steps,
+            include=self.include,
+            exclude=self.exclude,
+            module_types=tuple(t if isinstance(t, str) else t.__qualname__ for t in self.module_types),
+            stats=self.stats,
+        )
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"health": self._tracker.state_dict()} if self._tracker is not None else {}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if self._tracker is not None and "health" in state_dict:
+            self._tracker.load_state_dict(state_dict["health"])
+
+    # ------------------------------------------------------------------ scheduling
+
+    @property
+    def _table_stats(self) -> tuple[str, ...]:
+        return self.stats + tuple(s for s in self._extra_stats if s not in self.stats)
+
+    def _step_index(self, trainer: "pl.Trainer") -> int:
+        """The counter the logging cadence applies to.
+
+        In automatic optimization, the optimizer step ``trainer.global_step``. In manual optimization
+        ``global_step`` counts the steps of every optimizer (two per batch for a GAN), so the cadence applies to the
+        number of batches that stepped (Lightning's own logging counter): a logging batch logs every optimizer it
+        steps.
+        """
+        if trainer.lightning_module.automatic_optimization:
+            return trainer.global_step
+        return batches_that_stepped(trainer)
+
+    def _logs_scalars(self, k: int) -> bool:
+        # Step 0 always logs: the gradients and activations of the very first step are the initializer's own depth
+        # profile (a bad init can turn everything into NaN/Inf before step ``every_n_steps - 1``).
+        return self._every is not None and (k == 0 or (k + 1) % self._every == 0)
+
+    def _logs_histograms(self, k: int) -> bool:
+        h = self.histogram_every_n_steps
+        return h is not None and (k + 1) % h == 0
+
+    def _selected(self, name: str) -> bool:
+        if self.include and not any(fnmatch.fnmatchcase(name, g) for g in self.include):
+            return False
+        return not any(fnmatch.fnmatchcase(name, g) for g in self.exclude)
+
+    def _watched_parameters(self, pl_module: "pl.LightningModule") -> list[tuple[str, nn.Parameter]]:
+        """Parameters in registration order, tied ones once; with ``module_types`` only those owned by such modules."""
+        if not self.module_types:
+            named = [(original_name(n), p) for n, p in pl_module.named_parameters()]
+        else:
+            seen: set[int] = set()
+            named = []
+            for mname, module in pl_module.named_modules():
+                if not _type_matches(module, self.module_types):
+                    continue
+                for pname, p in module.named_parameters(prefix=mname, recurse=False):
+                    if id(p) not in seen:
+                        seen.add(id(p))
+                        named.append((original_name(pname), p))
+            order = {id(p): i for i, (_, p) in enumerate(pl_module.named_parameters())}
+            named.sort(key=lambda item: order.get(id(item[1]), len(order)))
+        return [(n, p) for n, p in named if self._selected(n)]
+
+    @override
+    def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
+        if stage != "fit":
+            return
+        sharded = sharded_strategy(trainer.strategy)
+        if sharded is not None and self.kind != "activation":
+            raise RuntimeError(
+                f"{type(self).__name__} does not support `{sharded}`: its {self.kind}s are sharded across processes, "
+                f"so per-parameter statistics would describe one shard only. Use `strategy='ddp'`, or keep "
+                f"`ActivationMonitor` (module outputs are not sharded) and drop `{type(self).__name__}`."
+            )
+        self._every = (
+            self.every_n_steps
+            if self.every_n_steps is not None
+            else (getattr(trainer, "log_every_n_steps", None) or None)
+        )
+        if not trainer.loggers and not self._warned_no_logger:
+            self._warned_no_logger = True
+            rank_zero_warn(
+                f"{type(self).__name__}: the Trainer has no logger (`logger=False`), nothing will be logged."
+            )
+        writers.request_layout(trainer, self.kind, self.stats)
+        if self.health:
+            self._tracker = HealthTracker(self.kind)  # a new fit, a new report (a resumed one is restored after setup)
+            self._heatmap_step = None
+            writers.request_health_chart(trainer)
+
+    @override
+    def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        writers.write_layout(trainer)
+
+    # ------------------------------------------------------------------ the seam
+
+    def _row_tag(self, name: str) -> str:
+        """The tag suffix of a table row (the row's name; see ``GradientMonitor``'s total row)."""
+        return name
+
+    def _on_table(
+        self,
+        trainer: "pl.Trainer",
+        pl_module: "pl.LightningModule",
+        table: Table,
+        step: int,
+        *,
+        extra_metrics: Mapping[str, float] | None = None,
+        judge: bool = True,
+    ) -> None:
+        """Receive the host-side table of a logging step (ordered input -> output), judge it and log its scalars.
+
+        Override (calling ``super()``) to add to it; ``step`` is the step the values are logged at. ``extra_metrics``
+        are logged with the table's scalars; ``judge=False`` logs without applying the health rules (a step the
+        GradScaler skipped).
+        """
+        metrics = {
+            f"{self.kind}_{stat}/{self._row_tag(name)}": value
+            for stat in self.stats
+            for name, row in table.items()
+            if (value := row.get(stat)) is not None
+        }
+        metrics.update(extra_metrics or {})
+        findings: list[Finding] = []
+        fresh: list[Finding] = []
+        if self._tracker is not None and judge:
+            nls = self._nonlinearities()
+            findings = self.thresholds.check(self.kind, table, step=step, nonlinearities=nls)
+            fresh = self._tracker.update(
+                step, findings, profile=profile_of(self.kind, table, nls), layers=[n for n in table if n != "total"]
+            )
+            metrics.update(self._tracker.scalars())
+        writers.log_scalars(trainer, metrics, step)
+        for finding in fresh:  # once per (rule, layer): the tracker remembers what it returned
+            rank_zero_warn(f"{type(self).__name__}: {finding.message}", category=UserWarning)
+        if findings:
+            self._on_findings(trainer, findings)
+
+    def _on_findings(self, trainer: "pl.Trainer", findings: list[Finding]) -> None:
+        """Apply ``on_anomaly`` to the findings of one logging step.
+
+        The decision is a function of the table alone (any finding at all), and every process judges the same table:
+        weights are replicated, gradients are read after DDP's all-reduce and activation statistics are gathered
+        from every process before judging. So under DDP every rank stops (or raises) at the same step, with no
+        extra collective.
+        """
+        if self.on_anomaly == "stop":
+            if not trainer.should_stop:
+                first = merge_findings(findings)[0]
+                rank_zero_info(f"{type(self).__name__}: stopping training (`on_anomaly='stop'`): {first.message}")
+            trainer.should_stop = True
+        elif self.on_anomaly == "raise":
+            raise HealthError(merge_findings(findings)[0])
+
+    def _nonlinearities(self) -> Mapping[str, str | None] | None:
+        """Module name -> nonlinearity of the rows of the last table (activations only)."""
+        return None
+
+    def _log_histograms(
+        self, trainer: "pl.Trainer", names: Sequence[str], hists: Sequence[HostHistogram | None], step: int
+    ) -> None:
+        writers.log_histograms(
+            trainer, {f"{self.kind}/{n}": h for n, h in zip(names, hists, strict=True) if h is not None}, step
+        )
+        self._log_heatmap(trainer, step)  # the depth-profile picture at the histograms' (rare) cadence too
+
+    def _log_heatmap(self, trainer: "pl.Trainer", step: int) -> None:
+        """Write the depth-profile heatmap ``health/{kind}_heatmap`` at ``step`` (once per step)."""
+        if self._tracker is None or self._heatmap_step == step:
+            return
+        image = self._tracker.heatmap()
+        if image is None:
+            return
+        writers.log_image(trainer, f"health/{self.kind}_heatmap", image, step)
+        self._heatmap_step = step
+
+    def _report(self, trainer: "pl.Trainer") -> None:
+        """End of fit: the per-layer health table (printed and to the Text tab) and the final heatmap."""
+        if self._tracker is None or not self._tracker.layers():
+            return  # no logging step happened: nothing was judged, nothing to report
+        step = trainer.global_step
+        table = self._tracker.to_markdown()
+        rank_zero_info(f"{type(self).__name__} health report (step {step}):\n{table}")
+        writers.log_text(trainer, f"health/{self.kind}_report", table, step)
+        self._log_heatmap(trainer, step)
+
+    # ------------------------------------------------------------------ cleanup
+
+    def _release(self) -> None:
+        """Drop hooks and every reference to modules or tensors (idempotent)."""
+
+    @override
+    def on_fit_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        self._release()
+        self._report(trainer)
+
+    @override
+    def on_exception(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", exception: BaseException) -> None:
+        self._release()
+
+    @override
+    def teardown(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
+        self._release()
+
+
+def _param_table(
+    names: Sequence[str],
+    tensors: Sequence[Tensor],
+    stats: Sequence[str],
+    *,
+    extra: dict[str, list[Tensor]] | None = None,
+    histograms: bool = False,
+    count_nonfinite: bool = False,
+) -> tuple[Table, dict[str, list[float]], list[HostHistogram | None]]:
+    """Statistics of ``tensors`` (one transfer), repaired; returns the table, raw host columns and histograms."""
+    cols: dict[str, Any] = dict(tensor_columns(tensors, stats))
+    if extra:
+        cols.update(extra)
+    if histograms and tensors:
+        cols.update(histogram_columns(tensors, HISTOGRAM_BINS))
+    host = fetch(cols)
+    repair(tensors, host, count_nonfinite=count_nonfinite)
+    hists = (
+        host_histograms(host["counts"], host["meta"], len(tensors), HISTOGRAM_BINS) if histograms and tensors else []
+    )
+    wanted = [s for s in stats if s in host]
+    table = {n: {s: host[s][i] for s in wanted} for i, n in enumerate(names)}
+    return table, host, hists

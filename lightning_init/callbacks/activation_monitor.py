@@ -1,0 +1,281 @@
+"""``ActivationMonitor``: when to record module outputs (hooks in :mod:`lightning_init.hooks`).
+
+The merge across calls and processes is in :mod:`lightning_init.reduce`. The step convention and the distributed
+behaviour shared by the three monitors are in :mod:`lightning_init.callbacks._base`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+from torch import Tensor, nn
+from typing_extensions import override
+
+from lightning_init.activations import nonlinearity_of
+from lightning_init.callbacks._base import (
+    DEFAULT_HISTOGRAM_EVERY_N_STEPS,
+    _document,
+    _LayerMonitor,
+    _type_matches,
+)
+from lightning_init.health import (
+    DEAD_FRACTION,
+    EXPLODING_ACTIVATION_RATIO,
+    SATURATED_FRACTION,
+    VANISHING_ACTIVATION_RATIO,
+    OnAnomaly,
+)
+from lightning_init.hooks import ActivationRecorder, compiled_regions
+from lightning_init.reduce import local_moments, merge_moments, moment_order
+from lightning_init.stats import (
+    ACTIVATION_STATS,
+    DEFAULT_ACTIVATION_STATS,
+    HISTOGRAM_BINS,
+    ActivationStat,
+    Table,
+    fetch,
+    host_histograms,
+)
+
+__all__ = ["ActivationMonitor"]
+
+
+def _all_gather(trainer: "pl.Trainer", table: Tensor) -> Tensor:
+    """``[world, *table.shape]``: every process's ``table``, through the strategy's collective."""
+    gathered = trainer.strategy.all_gather(table)
+    return gathered.reshape(-1, *table.shape)
+
+
+@_document
+class ActivationMonitor(_LayerMonitor):
+    """Log per-module output statistics (and histograms) of training steps that log.
+
+    Forward hooks are registered in ``on_train_batch_start`` only when the optimizer step the batch belongs to logs,
+    and removed as soon as that step is done (never during sanity checking or validation; no hook work at all on the
+    other steps). A hook keeps only small float32 reductions of the module's output (the first floating-point tensor
+    of a tuple/list/dict output), never the tensor. With gradient accumulation the statistics cover every
+    micro-batch of the step (merged exactly); a module called several times per step is reported over all calls.
+
+    Watched by default: every non-root module that owns parameters directly (``Linear``, ``Conv``, norms...) plus every
+    activation module (``lightning_init.activations.nonlinearity_of`` is not None: ``ReLU``, ``Tanh``...), since
+    dead units and saturation are properties of activation outputs. Functional activations (``F.relu``) cannot be
+    hooked. Rows are ordered by forward execution (input -> output).
+
+    Under DDP the statistics describe the global batch: each process merges its calls into per-module moments on the
+    device, the processes exchange them in one ``all_gather`` per logging step, and every process merges them the
+    same way (mean and std exactly, max of maxima, sums of counts; :mod:`lightning_init.reduce`). Histograms show
+    rank zero's outputs.
+
+    Logged metrics at the step of the batch (``{module}`` is the qualified module name, e.g. ``net.3``):
+
+    - ``activation_mean/{module}``, ``activation_std/{module}`` (unbiased), ``activation_abs_max/{module}``;
+    - ``activation_zero_fraction/{module}``: fraction of exactly-zero outputs (dead units after ReLU-like layers);
+    - ``activation_saturation/{module}`` (bounded activations only: tanh, sigmoid and their hard variants): fraction
+      of outputs within 0.01 of a bound of the output range, i.e. ``|y| > 0.99`` for tanh, ``y < 0.01`` or
+      ``y > 0.99`` for sigmoid;
+    - ``activation_nonfinite/{module}``: number of NaN/Inf outputs;
+    - histograms ``activation/{module}`` (TensorBoard only) of the first micro-batch of a histogram step;
+    - with ``health=True``: ``health/nonfinite_activation``, ``health/vanishing_activation``,
+      ``health/exploding_activation``, ``health/dead``, ``health/saturated`` (number of flagged modules) at every
+      logging step; the text ``health/activation_report`` and the image ``health/activation_heatmap`` (TensorBoard
+      only).
+
+    Health checks (thresholds justified in :class:`~lightning_init.health.HealthThresholds`; the statistics they read
+    are computed whatever ``stats`` logs):
+
+    - ``nonfinite``: a module output holds NaN/Inf ("NaN/Inf activations");
+    - ``vanishing_activation`` / ``exploding_activation``: ``activation_std`` of a parameterized layer divided by the
+      first parameterized layer's below ``vanishing_activation_ratio`` / above ``exploding_activation_ratio``;
+    - ``dead``: ``zero_fraction`` above ``dead_fraction`` after a ReLU-like module ("dead ReLU units");
+    - ``saturated``: ``saturation`` above ``saturated_fraction`` after tanh/sigmoid ("saturated tanh units").
+
+    Each finding is a ``UserWarning`` (once per (rule, module)) naming the modules, the value against the threshold
+    and a remedy. At fit end the per-module health table is printed and written to TensorBoard's Text tab as
+    ``health/activation_report``; ``health/activation_heatmap`` (parameterized layers x logged steps, colour = log10
+    of ``activation_std``) goes to the Images tab at fit end and on histogram steps.
+
+    Args:
+        {cadence_args}
+        include: glob(s) on module names to watch.
+        exclude: glob(s) on module names to skip.
+        module_types: watch modules of these types instead of the default (class names or classes).
+        stats: statistics to log (default: all of ``mean, std, abs_max, zero_fraction, saturation, nonfinite``).
+        {health_args}
+        vanishing_activation_ratio: a layer's activation std relative to the first layer's below this is vanishing.
+        exploding_activation_ratio: the same ratio above this is exploding.
+        dead_fraction: ``zero_fraction`` above this after a ReLU-like module is dead.
+        saturated_fraction: ``saturation`` above this after tanh/sigmoid is saturated.
+
+    Raises:
+        {value_error}
+
+    Example::
+
+        import lightning.pytorch as pl
+        from lightning_init import ActivationMonitor
+
+        trainer = pl.Trainer(max_steps=10, callbacks=[ActivationMonitor(every_n_steps=5)])
+    """
+
+    kind = "activation"
+    _valid_stats = ACTIVATION_STATS
+    _default_stats = DEFAULT_ACTIVATION_STATS
+    _health_stats = ("std", "zero_fraction", "saturation", "nonfinite")
+
+    def __init__(
+        self,
+        every_n_steps: int | None = None,
+        histogram_every_n_steps: int | None = DEFAULT_HISTOGRAM_EVERY_N_STEPS,
+        include: str | Sequence[str] | None = None,
+        exclude: str | Sequence[str] | None = None,
+        module_types: Sequence[str | type[nn.Module]] | None = None,
+        stats: Sequence[ActivationStat] | None = None,
+        health: bool = True,
+        on_anomaly: OnAnomaly = "warn",
+        vanishing_activation_ratio: float = VANISHING_ACTIVATION_RATIO,
+        exploding_activation_ratio: float = EXPLODING_ACTIVATION_RATIO,
+        dead_fraction: float = DEAD_FRACTION,
+        saturated_fraction: float = SATURATED_FRACTION,
+    ) -> None:
+        super().__init__(
+            every_n_steps,
+            histogram_every_n_steps,
+            include,
+            exclude,
+            module_types,
+            stats,
+            health=health,
+            on_anomaly=on_anomaly,
+            thresholds={
+                "vanishing_activation_ratio": vanishing_activation_ratio,
+                "exploding_activation_ratio": exploding_activation_ratio,
+                "dead_fraction": dead_fraction,
+                "saturated_fraction": saturated_fraction,
+            },
+        )
+        self._recorder = ActivationRecorder()
+        self._recording: int | None = None  # the optimizer step being recorded
+        self._watched_names: list[str] = []  # same list and order on every process
+        self._recording_scalars = False
+        self._recording_histograms = False
+        self._warned_compiled = False
+        #: Module name -> nonlinearity name (None for parameterized layers) of the modules of the last table.
+        self.nonlinearities: dict[str, str | None] = {}
+
+    def _watched_modules(self, pl_module: "pl.LightningModule") -> list[tuple[str, nn.Module]]:
+        compiled = compiled_regions(pl_module)
+        if compiled and not self._warned_compiled:
+            self._warned_compiled = True
+            where = "The LightningModule" if "" in compiled else ", ".join(compiled)
+            rank_zero_warn(
+                f"ActivationMonitor: {where} runs compiled by `torch.compile`; forward hooks cannot record inside "
+                "compiled code, so activations of the modules it runs are not logged (weights and gradients are). "
+                "Monitor activations on an uncompiled run."
+            )
+        out = []
+        for name, module in pl_module.named_modules():
+            if not name or any(r == "" or name == r or name.startswith(f"{r}.") for r in compiled):
+                continue
+            if self.module_types:
+                keep = _type_matches(module, self.module_types)
+            else:
+                keep = nonlinearity_of(module) is not None or next(module.parameters(recurse=False), None) is not None
+            if keep and self._selected(name):
+                out.append((name, module))
+        return out
+
+    @override
+    def _release(self) -> None:
+        self._recorder.clear()
+        self._recording = None
+
+    @override
+    def _nonlinearities(self) -> Mapping[str, str | None] | None:
+        return self.nonlinearities
+
+    @override
+    def on_train_batch_start(
+        self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", batch: Any, batch_idx: int
+    ) -> None:
+        k = trainer.global_step
+        if self._recording is not None:
+            if self._recording == k:  # next micro-batch of the step being recorded
+                return
+            self._finish(trainer, pl_module)  # the step ended without our noticing (should not happen)
+        index = self._step_index(trainer)
+        scalars, histograms = self._logs_scalars(index), self._logs_histograms(index)
+        if not (scalars or histograms):
+            return
+        self._recording = k
+        self._recording_scalars, self._recording_histograms = scalars, histograms
+        watched = self._watched_modules(pl_module)
+        self._watched_names = [name for name, _ in watched]
+        self._recorder.start(watched, histograms=histograms)
+
+    @override
+    def on_train_batch_end(
+        self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self._recording is not None and trainer.global_step > self._recording:
+            self._finish(trainer, pl_module)
+
+    @override
+    def on_train_epoch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        if self._recording is not None:
+            self._finish(trainer, pl_module)
+
+    @override
+    def on_validation_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        self._recorder.enabled = False
+
+    @override
+    def on_validation_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        self._recorder.enabled = True
+
+    def _finish(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        """Remove the hooks; merge the records (across processes: one ``all_gather``), fetch once, log.
+
+        Under DDP every process reaches this at the same optimizer step (the step's end), enters the one collective
+        even when its watched modules did not run, and ends with the same table: the statistics of the global batch.
+        Histograms show this process's (rank zero's) first micro-batch.
+        """
+        rec, step = self._recorder, self._recording
+        rec.stop()
+        self._recording = None
+        names = self._watched_names
+        distributed = trainer.world_size > 1
+        if step is None or (not rec.rows and not distributed):
+            rec.clear()
+            return
+        moments = local_moments(names, rec.rows, rec.numels, device=pl_module.device)
+        # [processes, modules, columns]: the logging step's one collective, or this process alone
+        moments = _all_gather(trainer, moments) if distributed else moments[None]
+        hist_names = [n for n in rec.rows if n in rec.histograms] if self._recording_histograms else []
+        cols: dict[str, Any] = {"moments": moments}
+        for i, n in enumerate(hist_names):
+            cols[f"c{i}"] = rec.histograms[n]["counts"]
+            cols[f"m{i}"] = rec.histograms[n]["meta"]
+        host = fetch(cols)  # the one transfer
+        processes, watched, width = moments.shape
+        flat = host["moments"]
+        parts = [
+            [flat[(p * watched + i) * width : (p * watched + i + 1) * width] for i in range(watched)]
+            for p in range(processes)
+        ]
+        index = {n: i for i, n in enumerate(names)}
+        modules = dict(pl_module.named_modules())
+        table: Table = {}
+        self.nonlinearities = {}
+        for n in moment_order(names, parts):
+            full = merge_moments([rows[index[n]] for rows in parts], bounded=rec.bounded.get(n, False))
+            table[n] = {s: full[s] for s in self._table_stats if s in full}
+            self.nonlinearities[n] = nonlinearity_of(modules[n]) if n in modules else None
+        hists = [host_histograms(host[f"c{i}"], host[f"m{i}"], 1, HISTOGRAM_BINS)[0] for i in range(len(hist_names))]
+        rec.clear()
+        if self._recording_scalars and table:
+            self._on_table(trainer, pl_module, table, step)
+        if hist_names:
+            self._log_histograms(trainer, hist_names, hists, step)

@@ -443,3 +443,69 @@ def test_tracker_markdown_says_not_finite_for_a_nan_weight():
     tracker.update(3, check_weights(table, step=3), layers=list(table))
     md = tracker.to_markdown()
     assert "nonfinite: nan (not finite)" in md, md
+
+
+def test_readme_rule_table_is_the_rule_table():
+    from pathlib import Path
+
+    from lightning_init.health import RULE_TABLE, THRESHOLDS, rule_table_markdown
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert rule_table_markdown() in readme
+    assert {s.threshold for s in RULE_TABLE if s.threshold} == {t.name for t in THRESHOLDS}  # every threshold used
+
+
+def test_thresholds_object_shared_by_monitors_and_own_arguments_override():
+    from lightning_init import ActivationMonitor, GradientMonitor, WeightMonitor
+
+    strict = HealthThresholds(vanishing_grad_ratio=1e-3, dead_fraction=0.8)
+    assert GradientMonitor(thresholds=strict).thresholds.vanishing_grad_ratio == 1e-3
+    assert ActivationMonitor(thresholds=strict).thresholds.dead_fraction == 0.8
+    assert WeightMonitor(thresholds=strict).thresholds == strict
+    assert GradientMonitor(thresholds=strict, vanishing_grad_floor=1e-12).thresholds.vanishing_grad_floor == 1e-12
+    with pytest.raises(ValueError, match="`thresholds` must be a HealthThresholds"):
+        GradientMonitor(thresholds={"dead_fraction": 0.5})  # type: ignore[arg-type]
+
+
+def test_update_ratio_judged_against_the_unit_scale_and_after_warmup():
+    from lightning_init.health import Context
+
+    # a class token at std 1e-6 (norm 1.4e-5) moved by Adam's first step (lr 1e-3 per element, 192 elements)
+    update = 1e-3 * math.sqrt(192)
+    table = {"cls_token": {"norm": update, "abs_max": 1e-3, "update_ratio": update / 1.4e-5, "update_norm": update}}
+    ctx = Context(roles={"cls_token": "free"}, scales={"cls_token": math.sqrt(192)})
+    assert check_weights(table, step=1) != []  # against its own norm: 1e3 x the bound
+    assert check_weights(table, step=1, context=ctx) == []  # against its unit-scale norm: 1e-3
+    big = {"w": {"norm": 1.0, "abs_max": 0.1, "update_ratio": 0.5, "update_norm": 0.5}}
+    assert [f.rule for f in check_weights(big, step=3, context=Context(scales={"w": 1.0}))] == ["update_ratio"]
+    assert check_weights(big, step=3, context=Context(scales={"w": 1.0}, warmup=frozenset({"w"}))) == []
+
+
+def test_tracker_requires_persistence_for_update_ratio():
+    tracker = HealthTracker("weight")
+    table = weight_table(depth=1, update=0.5)
+    assert tracker.confirm(check_weights(table, step=1)) == []  # one step: a candidate
+    assert [f.rule for f in tracker.confirm(check_weights(table, step=2))] == ["update_ratio"]  # two in a row
+    assert tracker.confirm([]) == []
+    assert tracker.confirm(check_weights(table, step=4)) == []  # the streak ended
+
+
+def test_grad_zero_bias_against_its_weight_and_exact_zero():
+    table = {
+        "bn.weight": {"norm": 0.3, "nonfinite": 0.0, "abs_max": 0.1},
+        "bn.bias": {"norm": 4e-9, "nonfinite": 0.0, "abs_max": 1e-9},  # 1.3e-8 of its weight's: float noise
+        "conv.weight": {"norm": 0.0, "nonfinite": 0.0, "abs_max": 0.0},  # exactly zero: behind a zero gamma
+        "fc.weight": {"norm": 0.5, "nonfinite": 0.0, "abs_max": 0.1},
+        "fc.bias": {"norm": 0.05, "nonfinite": 0.0, "abs_max": 0.01},
+    }
+    found = check_grads(table, step=0)
+    assert [(f.rule, f.layers[0], f.info) for f in found] == [
+        ("grad_zero", "bn.bias", True),
+        ("grad_zero", "conv.weight", True),
+    ]
+    tracker = HealthTracker("grad")
+    fresh = tracker.update(0, found)
+    assert [f.rule for f in fresh] == ["grad_zero"]  # reported once (merged)
+    assert set(tracker.scalars().values()) == {0.0}  # never counted
+    assert tracker.update(1, found) == []
+    assert "grad_zero at step 0: information" in tracker.to_markdown()

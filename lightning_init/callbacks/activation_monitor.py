@@ -6,10 +6,12 @@ behaviour shared by the three monitors are in :mod:`lightning_init.callbacks._ba
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
@@ -26,8 +28,10 @@ from lightning_init.health import (
     EXPLODING_ACTIVATION_RATIO,
     SATURATED_FRACTION,
     VANISHING_ACTIVATION_RATIO,
+    HealthThresholds,
     OnAnomaly,
 )
+from lightning_init.health.context import activation_context
 from lightning_init.hooks import ActivationRecorder, compiled_regions
 from lightning_init.reduce import local_moments, merge_moments, moment_order
 from lightning_init.stats import (
@@ -47,6 +51,12 @@ def _all_gather(trainer: "pl.Trainer", table: Tensor) -> Tensor:
     """``[world, *table.shape]``: every process's ``table``, through the strategy's collective."""
     gathered = trainer.strategy.all_gather(table)
     return gathered.reshape(-1, *table.shape)
+
+
+def _loss_of(outputs: Any) -> Tensor | None:
+    """The loss ``training_step`` returned (a tensor or ``{"loss": tensor}``), or ``None``."""
+    loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+    return loss if isinstance(loss, Tensor) and loss.numel() == 1 and loss.is_floating_point() else None
 
 
 @_document
@@ -108,6 +118,7 @@ class ActivationMonitor(_LayerMonitor):
         exploding_activation_ratio: the same ratio above this is exploding.
         dead_fraction: ``zero_fraction`` above this after a ReLU-like module is dead.
         saturated_fraction: ``saturation`` above this after tanh/sigmoid is saturated.
+        {thresholds_arg}
 
     Raises:
         {value_error}
@@ -123,7 +134,7 @@ class ActivationMonitor(_LayerMonitor):
     kind = "activation"
     _valid_stats = ACTIVATION_STATS
     _default_stats = DEFAULT_ACTIVATION_STATS
-    _health_stats = ("std", "zero_fraction", "saturation", "nonfinite")
+    _health_stats = ("std", "signal_std", "zero_fraction", "saturation", "nonfinite")
 
     def __init__(
         self,
@@ -139,6 +150,7 @@ class ActivationMonitor(_LayerMonitor):
         exploding_activation_ratio: float = EXPLODING_ACTIVATION_RATIO,
         dead_fraction: float = DEAD_FRACTION,
         saturated_fraction: float = SATURATED_FRACTION,
+        thresholds: HealthThresholds | None = None,
     ) -> None:
         super().__init__(
             every_n_steps,
@@ -155,6 +167,7 @@ class ActivationMonitor(_LayerMonitor):
                 "dead_fraction": dead_fraction,
                 "saturated_fraction": saturated_fraction,
             },
+            base_thresholds=thresholds,
         )
         self._recorder = ActivationRecorder()
         self._recording: int | None = None  # the optimizer step being recorded
@@ -220,7 +233,7 @@ class ActivationMonitor(_LayerMonitor):
         self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         if self._recording is not None and trainer.global_step > self._recording:
-            self._finish(trainer, pl_module)
+            self._finish(trainer, pl_module, loss=_loss_of(outputs))
 
     @override
     def on_train_epoch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
@@ -235,7 +248,7 @@ class ActivationMonitor(_LayerMonitor):
     def on_validation_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         self._recorder.enabled = True
 
-    def _finish(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+    def _finish(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", loss: Tensor | None = None) -> None:
         """Remove the hooks; merge the records (across processes: one ``all_gather``), fetch once, log.
 
         Under DDP every process reaches this at the same optimizer step (the step's end), enters the one collective
@@ -251,7 +264,12 @@ class ActivationMonitor(_LayerMonitor):
             rec.clear()
             return
         moments = local_moments(names, rec.rows, rec.numels, device=pl_module.device)
-        # [processes, modules, columns]: the logging step's one collective, or this process alone
+        # the step's loss (for the output_scale rule) travels as one more row of the same collective
+        loss_row = torch.full_like(moments[:1], math.nan)
+        if loss is not None:
+            loss_row[0, 0] = loss.detach().reshape(()).to(loss_row)
+        moments = torch.cat([moments, loss_row])
+        # [processes, modules + 1, columns]: the logging step's one collective, or this process alone
         moments = _all_gather(trainer, moments) if distributed else moments[None]
         hist_names = [n for n in rec.rows if n in rec.histograms] if self._recording_histograms else []
         cols: dict[str, Any] = {"moments": moments}
@@ -259,12 +277,15 @@ class ActivationMonitor(_LayerMonitor):
             cols[f"c{i}"] = rec.histograms[n]["counts"]
             cols[f"m{i}"] = rec.histograms[n]["meta"]
         host = fetch(cols)  # the one transfer
-        processes, watched, width = moments.shape
+        processes, rows_per_process, width = moments.shape
+        watched = rows_per_process - 1
         flat = host["moments"]
         parts = [
-            [flat[(p * watched + i) * width : (p * watched + i + 1) * width] for i in range(watched)]
+            [flat[(p * rows_per_process + i) * width : (p * rows_per_process + i + 1) * width] for i in range(watched)]
             for p in range(processes)
         ]
+        losses = [flat[(p * rows_per_process + watched) * width] for p in range(processes)]
+        step_loss = sum(losses) / len(losses) if losses and all(math.isfinite(v) for v in losses) else None
         index = {n: i for i, n in enumerate(names)}
         modules = dict(pl_module.named_modules())
         table: Table = {}
@@ -275,6 +296,8 @@ class ActivationMonitor(_LayerMonitor):
             self.nonlinearities[n] = nonlinearity_of(modules[n]) if n in modules else None
         hists = [host_histograms(host[f"c{i}"], host[f"m{i}"], 1, HISTOGRAM_BINS)[0] for i in range(len(hist_names))]
         rec.clear()
+        if self.health:
+            self._context = activation_context(modules, list(table), self.nonlinearities, loss=step_loss)
         if self._recording_scalars and table:
             self._on_table(trainer, pl_module, table, step)
         if hist_names:

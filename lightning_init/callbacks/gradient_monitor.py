@@ -26,6 +26,7 @@ from lightning_init.health import (
     EXPLODING_GRAD_NORM,
     VANISHING_GRAD_FLOOR,
     VANISHING_GRAD_RATIO,
+    HealthThresholds,
     OnAnomaly,
 )
 from lightning_init.stats import (
@@ -91,6 +92,7 @@ class GradientMonitor(_LayerMonitor):
         vanishing_grad_floor: a grad norm below this is vanishing (``0`` disables).
         exploding_grad_norm: a grad norm above this is exploding (``.inf`` disables).
         exploding_grad_growth: a grad norm this many times larger than a deeper layer's is exploding.
+        {thresholds_arg}
 
     Raises:
         {value_error}
@@ -123,6 +125,7 @@ class GradientMonitor(_LayerMonitor):
         vanishing_grad_floor: float = VANISHING_GRAD_FLOOR,
         exploding_grad_norm: float = EXPLODING_GRAD_NORM,
         exploding_grad_growth: float = EXPLODING_GRAD_GROWTH,
+        thresholds: HealthThresholds | None = None,
     ) -> None:
         super().__init__(
             every_n_steps,
@@ -139,6 +142,7 @@ class GradientMonitor(_LayerMonitor):
                 "exploding_grad_norm": exploding_grad_norm,
                 "exploding_grad_growth": exploding_grad_growth,
             },
+            base_thresholds=thresholds,
         )
         self._total_tag = "total"
         self._warned_skipped = False
@@ -205,6 +209,7 @@ class GradientMonitor(_LayerMonitor):
                         "Such steps are logged as `amp/skipped_step` = 1 and not judged as exploding or NaN/Inf "
                         "gradients."
                     )
+            self._parameter_context(pl_module, named)
             self._on_table(trainer, pl_module, table, k, extra_metrics=amp_metrics, judge=not skipped)
         if histograms:
             self._log_histograms(trainer, names, hists, k)

@@ -6,6 +6,7 @@ The step convention and the distributed behaviour shared by the three monitors a
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,8 +25,10 @@ from lightning_init.health import (
     SYMMETRIC_SPREAD,
     UPDATE_RATIO_HIGH,
     UPDATE_RATIO_LOW,
+    HealthThresholds,
     OnAnomaly,
 )
+from lightning_init.health.context import adaptive_warmup
 from lightning_init.stats import (
     DEFAULT_WEIGHT_STATS,
     WEIGHT_STATS,
@@ -82,6 +85,7 @@ class WeightMonitor(_LayerMonitor):
         symmetric_spread: ``row_spread`` at or below this is symmetric.
         update_ratio_low: a non-zero update ratio below this is frozen learning (``0`` disables).
         update_ratio_high: an update ratio above this is unstable learning (``.inf`` disables).
+        {thresholds_arg}
 
     Raises:
         {value_error}
@@ -113,6 +117,7 @@ class WeightMonitor(_LayerMonitor):
         symmetric_spread: float = SYMMETRIC_SPREAD,
         update_ratio_low: float = UPDATE_RATIO_LOW,
         update_ratio_high: float = UPDATE_RATIO_HIGH,
+        thresholds: HealthThresholds | None = None,
     ) -> None:
         super().__init__(
             every_n_steps,
@@ -128,6 +133,7 @@ class WeightMonitor(_LayerMonitor):
                 "update_ratio_low": update_ratio_low,
                 "update_ratio_high": update_ratio_high,
             },
+            base_thresholds=thresholds,
         )
         self._pending: int | None = None  # the optimizer step whose result is to be logged
         self._pending_histograms = False
@@ -137,6 +143,7 @@ class WeightMonitor(_LayerMonitor):
         self._snapshot: list[Tensor] = []
         self._snapshot_norms: list[Tensor] = []
         self._snapshot_taken = False
+        self._warmup: set[int] = set()  # ids of the parameters in their adaptive optimizer's warm-up
 
     @override
     def _release(self) -> None:
@@ -175,6 +182,10 @@ class WeightMonitor(_LayerMonitor):
             if snapshot_ok:
                 for i, name in enumerate(names):
                     table[name]["update_ratio"] = safe_ratio(host["_diff"][i], host["_before"][i])
+                    table[name]["update_norm"] = host["_diff"][i]  # read by the health rules, not logged
+            self._parameter_context(pl_module, named)
+            warm = frozenset(n for n, p in named if id(p) in self._warmup)
+            self._context = dataclasses.replace(self._context, warmup=warm)
             self._on_table(trainer, pl_module, table, step)
         if histograms:
             self._log_histograms(trainer, names, hists, step)
@@ -207,6 +218,8 @@ class WeightMonitor(_LayerMonitor):
         self._pending = k
         self._pending_histograms = histograms
         self._pending_scalars = scalars
+        if scalars and self.health:
+            self._warmup = adaptive_warmup(optimizer, k)
         if scalars and "update_ratio" in self._table_stats:
             with torch.no_grad():
                 params = [p.detach() for _, p in self._watched_parameters(pl_module)]

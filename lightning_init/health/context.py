@@ -13,12 +13,13 @@ from __future__ import annotations
 import itertools
 from collections.abc import Mapping, Sequence
 
+import torch
 from torch import nn
 
 from lightning_init.health.rules import Context
 from lightning_init.roles import Role, is_norm, parameter_roles, unit_norm
 
-__all__ = ["activation_context", "classes_of", "parameter_context"]
+__all__ = ["activation_context", "adaptive_warmup", "classes_of", "parameter_context"]
 
 
 def parameter_context(model: nn.Module, named: Sequence[tuple[str, nn.Parameter]]) -> Context:
@@ -77,8 +78,31 @@ def activation_context(
         loss: the step's training loss, if known.
     """
     norms = frozenset(n for n in order if n in modules and nonlinearities.get(n) is None and is_norm(modules[n]))
-    layers = [n for n in order if nonlinearities.get(n) is None and n not in norms]
+    embeddings = frozenset(n for n in order if isinstance(modules.get(n), (nn.Embedding, nn.EmbeddingBag)))
+    layers = [n for n in order if nonlinearities.get(n) is None and n not in norms and n not in embeddings]
     renormalized = frozenset(a for a, b in itertools.pairwise(order) if a in layers and b in norms)
     output = layers[-1] if layers else None
     classes = classes_of(modules[output]) if output is not None and output in modules else None
-    return Context(norms=norms, renormalized=renormalized, output=output, classes=classes, loss=loss)
+    return Context(
+        norms=norms, renormalized=renormalized, output=output, classes=classes, loss=loss, embeddings=embeddings
+    )
+
+
+def adaptive_warmup(optimizer: torch.optim.Optimizer, step: int) -> set[int]:
+    """Ids of the parameters whose adaptive optimizer is still in its warm-up at optimizer step ``step`` (0-based).
+
+    Adam-family groups (``betas``) warm up for ``1 / (1 - beta1)`` steps (10 for 0.9): with bias correction the
+    first update is ``lr`` per element whatever the gradient, and the moments average over that many steps.
+    RMSprop groups (``alpha``) for ``1 / (1 - alpha)`` steps: the second moment starts at 0, so the first updates are
+    up to ``1 / sqrt(1 - alpha)`` times ``lr`` per element. Other optimizers: none. Read from the param groups only
+    (no optimizer state, no device access).
+    """
+    out: set[int] = set()
+    for group in optimizer.param_groups:
+        betas = group.get("betas")
+        beta = betas[0] if isinstance(betas, (tuple, list)) and betas else group.get("alpha")
+        if not isinstance(beta, (int, float)) or not 0.0 <= beta < 1.0:
+            continue
+        if step + 1 <= 1.0 / (1.0 - beta):
+            out.update(id(p) for p in group["params"])
+    return out

@@ -157,6 +157,11 @@ class Context:
         output: the module whose output is the model's output (logits), judged by ``output_scale`` only.
         classes: the number of output classes (the output layer's features).
         loss: the training loss of the step.
+        embeddings: module names that are lookups (``Embedding``): their outputs are rows of a table, not a
+            propagated signal (a token-type embedding fed one id has no variation across samples at all).
+        warmup: parameter names whose adaptive optimizer is in its first ``1 / (1 - beta)`` steps (Adam's bias
+            correction makes the first update ``lr`` per element whatever the gradient; RMSprop's second moment
+            starts at 0): their update is not judged "too large" yet.
     """
 
     roles: Mapping[str, Role] = field(default_factory=dict)
@@ -166,6 +171,8 @@ class Context:
     output: str | None = None
     classes: int | None = None
     loss: float | None = None
+    embeddings: frozenset[str] = frozenset()
+    warmup: frozenset[str] = frozenset()
 
 
 # ---------------------------------------------------------------------------------------------------- the table
@@ -203,6 +210,8 @@ class RuleSpec:
         where: the rows judged, in words (README).
         bound: the fixed threshold when ``threshold`` is ``""``.
         info: information only (no count, no warning).
+        persist: logged steps in a row the rule must fire on a layer before it is a finding (the tracker keeps
+            the streaks; a check function reports every step's candidates).
     """
 
     rule: Rule
@@ -217,6 +226,7 @@ class RuleSpec:
     where: str
     bound: float = 0.0
     info: bool = False
+    persist: int = 1
 
     def threshold_of(self, t: HealthThresholds) -> float:
         """The threshold value under ``t``."""
@@ -279,7 +289,8 @@ RULE_TABLE: tuple[RuleSpec, ...] = (
         "update ratio ||dw||/||w|| (healthy ~1e-3; too small)",
         "update ratio too small (frozen learning)",
         "The weights barely move: raise the learning rate, or check for vanishing gradients upstream.",
-        "non-bias parameters with a non-zero norm and a non-zero, finite ratio",
+        "non-bias parameters with a non-zero norm and a non-zero, finite ratio, 10 logged steps in a row",
+        persist=10,
     ),
     RuleSpec(
         "update_ratio",
@@ -291,7 +302,9 @@ RULE_TABLE: tuple[RuleSpec, ...] = (
         "update ||dw|| / max(||w||, unit-scale norm) (healthy ~1e-3; too large)",
         "update ratio too large (unstable learning)",
         "The weights change too much per step: lower the learning rate, use warmup, or clip gradients.",
-        "non-bias parameters (scale: the larger of the norm and the unit-scale norm)",
+        "non-bias parameters past their adaptive optimizer's warm-up, two logged steps in a row (scale: the larger "
+        "of the norm and the unit-scale norm)",
+        persist=2,
     ),
     *_nonfinite_specs("grad"),
     RuleSpec(
@@ -368,7 +381,7 @@ RULE_TABLE: tuple[RuleSpec, ...] = (
         "activation signal std relative to the first judged layer's",
         "vanishing activations",
         _REMEDY_VANISHING,
-        "weight-layer outputs not renormalized next, the model output excepted",
+        "weight-layer outputs not renormalized next, embeddings and the model output excepted",
     ),
     RuleSpec(
         "exploding_activation",
@@ -380,7 +393,7 @@ RULE_TABLE: tuple[RuleSpec, ...] = (
         "activation signal std relative to the first judged layer's",
         "exploding activations",
         _REMEDY_EXPLODING,
-        "weight-layer outputs not renormalized next, the model output excepted",
+        "weight-layer outputs not renormalized next, embeddings and the model output excepted",
     ),
     RuleSpec(
         "dead",
@@ -478,6 +491,11 @@ def _spec_of(f: Finding) -> RuleSpec:
     if spec is None:  # a measure with the nonlinearity filled in
         spec = next(s for s in RULE_TABLE if s.rule == f.rule and s.kind == f.kind)
     return spec
+
+
+def persistence(f: Finding) -> int:
+    """How many logged steps in a row ``f``'s rule must fire on a layer before it is a finding."""
+    return _spec_of(f).persist
 
 
 def merge_findings(findings: Iterable[Finding]) -> list[Finding]:
@@ -583,7 +601,8 @@ def _weight_frame(names: list[str], rows: list[Mapping[str, float]], context: Co
     with np.errstate(invalid="ignore", divide="ignore"):
         scaled = np.where(np.isnan(update), ratio, update / np.fmax(before, scale))
     fr["update_scaled"] = scaled
-    fr["update_high"] = ~bad & ~bias_like & np.isfinite(scaled) & (norm != 0.0) & (ratio != 0.0)
+    warm = np.array([n in context.warmup for n in names], dtype=bool)
+    fr["update_high"] = ~bad & ~bias_like & ~warm & np.isfinite(scaled) & (norm != 0.0) & (ratio != 0.0)
     return fr
 
 
@@ -630,7 +649,7 @@ def _activation_frame(
     fr["signal"] = signal
     layer = np.array(
         [nl is None and n not in context.norms and n not in context.renormalized and n != context.output
-         for n, nl in zip(names, nls, strict=True)],
+         and n not in context.embeddings for n, nl in zip(names, nls, strict=True)],
         dtype=bool,
     )  # fmt: skip
     profile = ~bad & layer & ~np.isnan(signal)

@@ -11,7 +11,17 @@ from typing import Any
 
 import numpy as np
 
-from lightning_init.health.rules import _KIND_WORD, KINDS, RULES_BY_KIND, Finding, Kind, Rule, _fmt, merge_findings
+from lightning_init.health.rules import (
+    _KIND_WORD,
+    KINDS,
+    RULES_BY_KIND,
+    Finding,
+    Kind,
+    Rule,
+    _fmt,
+    merge_findings,
+    persistence,
+)
 from lightning_init.heatmap import ProfileHistory, depth_profile_image
 from lightning_init.roles import is_bias_name
 
@@ -99,6 +109,27 @@ class HealthTracker:
         self._layers: dict[str, None] = {}
         self._counts: dict[Rule, int] = dict.fromkeys(RULES_BY_KIND[kind], 0)
         self._info: dict[str, dict[str, int]] = {}  # layer -> {info rule: first step}
+        self._streak: dict[tuple[str, str, str], int] = {}  # (rule, measure, layer) -> logged steps in a row
+
+    def confirm(self, findings: Iterable[Finding]) -> list[Finding]:
+        """The findings of one judged step whose rule has fired on their layer for as many logged steps in a row as
+        the rule requires (:attr:`~lightning_init.health.rules.RuleSpec.persist`); call once per judged step, before
+        :meth:`update`. A streak ends at the first judged step the rule does not fire on the layer.
+        """  # noqa: D205
+        streak: dict[tuple[str, str, str], int] = {}
+        out: list[Finding] = []
+        for f in findings:
+            need = persistence(f)
+            if need <= 1:
+                out.append(f)
+                continue
+            keys = [(f.rule, f.measure, layer) for layer in f.layers]
+            for key in keys:
+                streak[key] = self._streak.get(key, 0) + 1
+            if all(streak[key] >= need for key in keys):
+                out.append(f)
+        self._streak = streak
+        return out
 
     def update(
         self,
@@ -220,6 +251,7 @@ class HealthTracker:
             "layers": list(self._layers),
             "status": {name: dataclasses.asdict(s) for name, s in self._status.items()},
             "info": {name: dict(rules) for name, rules in self._info.items()},
+            "streak": [[*key, n] for key, n in self._streak.items()],
             "history": self.history.state_dict(),
         }
 
@@ -232,4 +264,5 @@ class HealthTracker:
             for name, s in state["status"].items()
         }
         self._info = {name: dict(rules) for name, rules in state.get("info", {}).items()}
+        self._streak = {(r, m, layer): int(n) for r, m, layer, n in state.get("streak", [])}
         self.history.load_state_dict(state["history"])

@@ -148,6 +148,49 @@ def _run_compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     return 0
 
 
+# ---------------------------------------------------------------------------------------------------- coordcheck
+
+
+def _coordcheck_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, required=True, help="LightningCLI YAML config")
+    parser.add_argument("--width-arg", required=True, help="the config key of the width, e.g. model.init_args.width")
+    parser.add_argument("--widths", type=_positive, nargs="+", required=True, help="at least 2 widths, e.g. 64 256")
+    parser.add_argument("--steps", type=_positive, default=5, help="optimizer steps per width (default: 5)")
+    parser.add_argument("--seed", type=int, default=0, help="seed_everything of every width (default: 0)")
+    parser.add_argument(
+        "--out", type=Path, default=Path("coordcheck_runs"), help="log directory (default: %(default)s)"
+    )
+    parser.add_argument("--threshold", type=float, default=0.25, help="largest slope that passes (default: 0.25)")
+    parser.add_argument("--include", nargs="*", default=(), help="globs on module names (default: every leaf module)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--verbose", action="store_true", help=_VERBOSE_HELP)
+
+
+def _run_coordcheck(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if not args.config.is_file():
+        parser.exit(2, f"{parser.prog}: error: `--config` {str(args.config)!r} is not a file\n")
+    from lightning_init import coordcheck
+
+    try:
+        result = coordcheck.run_coordcheck(
+            args.config,
+            args.width_arg,
+            args.widths,
+            steps=args.steps,
+            seed=args.seed,
+            out=args.out,
+            threshold=args.threshold,
+            include=args.include,
+            progress=not args.no_progress,
+            verbose=args.verbose,
+        )
+    except ValueError as err:
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
+    print("\n" + coordcheck.format_table(result) + "\n\n" + coordcheck.summary_line(result))
+    print(f"\nFigure: {args.out / 'coordcheck.png'}\nOpen the runs with:\n  {tensorboard_command(args.out)}")
+    return 1 if result.failed else 0
+
+
 # ------------------------------------------------------------------------------------------------------ the table
 
 
@@ -191,6 +234,16 @@ COMMANDS: tuple[Command, ...] = (
         add_arguments=_compare_arguments,
         run=_run_compare,
         epilog=_EPILOG + ". Schemes take parameters as NAME:KEY=VALUE,... e.g. normal:std=0.01",
+    ),
+    Command(
+        name="coordcheck",
+        help="train your LightningCLI config at several widths: does each layer's activation scale stay flat?",
+        description="The coordinate check of Yang et al. (2022, muP): a few steps of your config at each width (fixed "
+        "seed and data, the config's WeightInit and monitors), then per layer the slope of log activation std vs log "
+        "width. Exit code 1 when a layer's slope exceeds --threshold: it blows up when the model is scaled up.",
+        add_arguments=_coordcheck_arguments,
+        run=_run_coordcheck,
+        epilog=_EPILOG + ". The figure is also saved as DIR/coordcheck.png.",
     ),
 )
 

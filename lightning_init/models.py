@@ -295,3 +295,101 @@ class BlobImagesDataModule(_TensorDataModule):
         blob = ((rows - cy.view(n, 1, 1)).abs() < r) & ((cols - cx.view(n, 1, 1)).abs() < r)
         x += 2.0 * blob.unsqueeze(1).float()
         return x, y
+
+
+Parametrization = Literal["standard", "mup"]
+
+
+class Readout(nn.Linear):
+    """``nn.Linear`` whose output is multiplied by ``multiplier`` (muP's readout; 1 is a plain Linear layer).
+
+    The multiplier is part of the module, as in the ``mup`` package's ``MuReadout``, so a forward hook (the monitors,
+    the coordinate check) sees the logits the loss sees.
+    """
+
+    def __init__(self, in_features: int, out_features: int, multiplier: float = 1.0) -> None:
+        super().__init__(in_features, out_features)
+        self.multiplier = multiplier
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``multiplier * (x @ weight.T + bias)``."""
+        out = super().forward(x)
+        return out * self.multiplier if self.multiplier != 1.0 else out
+
+    def extra_repr(self) -> str:
+        """``nn.Linear``'s description plus the multiplier."""
+        return f"{super().extra_repr()}, multiplier={self.multiplier:g}"
+
+
+class WidthMLP(_Classifier):
+    r"""A ReLU MLP whose hidden width is one argument, in the standard parametrization or in muP (for Adam).
+
+    ``depth`` Linear layers: an input layer ``in_features -> width``, ``depth - 2`` hidden ``width -> width`` layers
+    and a readout ``width -> num_classes``, ReLU after each but the readout; trained with Adam. The initial weights are
+    PyTorch's default (variance proportional to ``1 / fan_in``) or whatever a ``WeightInit`` callback applies: both
+    parametrizations start from the same weights. They differ in how width enters training:
+
+    - ``"standard"`` (SP): one learning rate ``lr`` for every parameter. Adam's update of a ``width x width`` weight
+      has entries of size ~``lr`` whatever the width, so a hidden layer's output moves by ~``lr * width`` per step:
+      the activations grow with width (the failure the coordinate check shows).
+    - ``"mup"`` (Yang et al. 2022, *Tensor Programs V*, the rules for Adam with a readout multiplier, as the ``mup``
+      package's ``MuReadout`` + ``MuAdam`` implement them): the readout's output is multiplied by
+      ``base_width / width``; hidden (``width x width``) weights train with ``lr * base_width / fan_in``; the input
+      weights, the biases and the readout weight with ``lr``. Every layer's output then moves by ``O(1)`` per step,
+      whatever the width. At ``width == base_width`` the two are the same model.
+
+    Example::
+
+        lightning-init coordcheck --config examples/configs/coordcheck_mup.yaml \
+            --width-arg model.init_args.width --widths 64 128 256 512 1024 --steps 5
+
+    Args:
+        in_features: Input size.
+        num_classes: Number of output logits.
+        depth: Number of Linear layers (>= 2).
+        width: Units of every hidden layer.
+        parametrization: ``"standard"`` or ``"mup"``.
+        base_width: The width at which muP equals the standard parametrization.
+        lr: Adam's learning rate (at ``base_width``).
+    """
+
+    def __init__(
+        self,
+        in_features: int = 32,
+        num_classes: int = 4,
+        depth: int = 4,
+        width: int = 64,
+        parametrization: Parametrization = "standard",
+        base_width: int = 64,
+        lr: float = 0.01,
+    ) -> None:
+        super().__init__(lr=lr, optimizer="adam", momentum=0.0)
+        if depth < 2:
+            raise ValueError(f"`depth` must be >= 2 (an input layer and a readout), got {depth!r}")
+        for arg, value in (("width", width), ("base_width", base_width)):
+            if value < 1:
+                raise ValueError(f"`{arg}` must be >= 1, got {value!r}")
+        check_choice("parametrization", parametrization, ("standard", "mup"))
+        self.save_hyperparameters()
+        self.parametrization = parametrization
+        self.width = width
+        self.base_width = base_width
+        sizes = [in_features] + [width] * (depth - 1)
+        layers: list[nn.Module] = []
+        for n_in, n_out in itertools.pairwise(sizes):
+            layers += [nn.Linear(n_in, n_out), nn.ReLU()]
+        multiplier = base_width / width if parametrization == "mup" else 1.0
+        layers.append(Readout(width, num_classes, multiplier=multiplier))
+        self.net = nn.Sequential(*layers)
+        self.example_input_array = torch.zeros(2, in_features)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """Adam with one learning rate (standard) or with the hidden weights at ``lr * base_width / fan_in`` (muP)."""
+        linears = [m for m in self.net.children() if isinstance(m, nn.Linear)]
+        hidden = linears[1:-1]
+        scaled = {id(m.weight) for m in hidden} if self.parametrization == "mup" else set()
+        groups = [{"params": [p for p in self.parameters() if id(p) not in scaled], "lr": self.lr}]
+        if scaled:
+            fan_in = self.width  # every hidden weight is width x width
+            groups.append({"params": [m.weight for m in hidden], "lr": self.lr * self.base_width / fan_in})
+        return torch.optim.Adam(groups, lr=self.lr)

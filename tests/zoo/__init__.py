@@ -6,6 +6,7 @@ and warnings; :func:`findings` names the flagged layers per rule. ``python -m te
 
 from tests.zoo.harness import (
     ZooRun,
+    cached_run,
     check_consistent,
     findings,
     first_flagged,
@@ -23,6 +24,7 @@ __all__ = [
     "ZOO",
     "ZooRun",
     "ZooSpec",
+    "cached_run",
     "check_consistent",
     "findings",
     "first_flagged",

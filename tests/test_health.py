@@ -491,6 +491,8 @@ def test_tracker_requires_persistence_for_update_ratio():
 
 
 def test_grad_zero_bias_against_its_weight_and_exact_zero():
+    from lightning_init.health import Context
+
     table = {
         "bn.weight": {"norm": 0.3, "nonfinite": 0.0, "abs_max": 0.1},
         "bn.bias": {"norm": 4e-9, "nonfinite": 0.0, "abs_max": 1e-9},  # 1.3e-8 of its weight's: float noise
@@ -505,7 +507,12 @@ def test_grad_zero_bias_against_its_weight_and_exact_zero():
     ]
     tracker = HealthTracker("grad")
     fresh = tracker.update(0, found)
-    assert [f.rule for f in fresh] == ["grad_zero"]  # reported once (merged)
+    assert [(f.rule, f.layers) for f in fresh] == [("grad_zero", ("bn.bias",)), ("grad_zero", ("conv.weight",))]
     assert set(tracker.scalars().values()) == {0.0}  # never counted
-    assert tracker.update(1, found) == []
+    assert tracker.update(1, found) == []  # reported once
     assert "grad_zero at step 0: information" in tracker.to_markdown()
+    # a norm scale the loss is invariant to: gamma's gradient 1e-3 of beta's (MobileNetV3's ReLU blocks)
+    norm = {"bn.weight": {"norm": 6e-7, "abs_max": 1e-7}, "bn.bias": {"norm": 5e-4, "abs_max": 1e-4}}
+    ctx = Context(roles={"bn.weight": "norm_weight", "bn.bias": "norm_bias"})
+    assert [(f.rule, f.layers[0]) for f in check_grads(norm, step=0, context=ctx)] == [("grad_zero", "bn.weight")]
+    assert check_grads(norm, step=0) == []  # without roles a name cannot tell a norm scale: no grad_zero

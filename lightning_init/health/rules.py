@@ -186,6 +186,11 @@ _REMEDY_EXPLODING = (
     "tanh/sigmoid layers instead of a too-large std, lower the learning rate, or clip gradients "
     "(Trainer(gradient_clip_val=1.0))."
 )
+_REMEDY_ZERO = (
+    "Nothing to fix: these gradients are zero by construction (a bias feeding a train-mode BatchNorm, an attention "
+    "key bias, a branch behind a zero-initialized gamma, a norm scale the loss is invariant to), not because the "
+    "signal vanished."
+)
 _REMEDY_NONFINITE = (
     "Training has diverged or the data/loss produce NaN/Inf: lower the learning rate, clip gradients "
     "(Trainer(gradient_clip_val=1.0)), check inputs and the loss (log/division by zero), or use a more stable "
@@ -310,16 +315,41 @@ RULE_TABLE: tuple[RuleSpec, ...] = (
     RuleSpec(
         "grad_zero",
         "grad",
-        "zero",
-        ">",
+        "norm",
+        "<=",
         "",
         "judged",
-        "structurally zero gradient",
+        "structurally zero gradient (exactly 0)",
         "structurally zero gradients (information)",
-        "Nothing to fix: these gradients are zero by construction (a bias feeding a train-mode BatchNorm, an "
-        "attention key bias, a branch behind a zero-initialized gamma), not because the signal vanished.",
-        "a gradient exactly 0, or a bias-like gradient below grad_zero_ratio x its module's weight gradient",
+        _REMEDY_ZERO,
+        "a gradient exactly 0 (a branch behind a zero-initialized gamma)",
         bound=0.0,
+        info=True,
+    ),
+    RuleSpec(
+        "grad_zero",
+        "grad",
+        "vs_weight",
+        "<",
+        "grad_zero_ratio",
+        "positive",
+        "bias gradient relative to its module's weight gradient (float noise)",
+        "structurally zero gradients (information)",
+        _REMEDY_ZERO,
+        "bias-like gradients (bias, norm shift) against their module's weight gradient",
+        info=True,
+    ),
+    RuleSpec(
+        "grad_zero",
+        "grad",
+        "vs_shift",
+        "<",
+        "grad_zero_scale_ratio",
+        "positive",
+        "norm scale gradient relative to its shift's (scale invariance)",
+        "structurally zero gradients (information)",
+        _REMEDY_ZERO,
+        "norm scales (gamma) against their shift's (beta) gradient",
         info=True,
     ),
     RuleSpec(
@@ -569,6 +599,13 @@ def _sibling(name: str) -> str:
     return f"{owner}.{sibling}" if owner else sibling
 
 
+def _shift_of(name: str) -> str:
+    """The shift of the norm owning scale ``name`` (``bn.weight`` -> ``bn.bias``, ``ln.gamma`` -> ``ln.beta``)."""
+    owner, _, last = name.rpartition(".")
+    shift = {"weight": "bias", "gamma": "beta", "scale": "shift"}.get(last, last)
+    return f"{owner}.{shift}" if owner else shift
+
+
 def _nonfinite_columns(rows: Sequence[Mapping[str, float]], fr: dict[str, np.ndarray]) -> np.ndarray:
     count = _column(rows, "nonfinite")
     abs_max = _column(rows, "abs_max")
@@ -619,11 +656,19 @@ def _grad_frame(
     sibling = np.array([norm[index[s]] if (s := _sibling(n)) in index and s != n else math.nan for n in names])
     sibling = np.where(np.isfinite(sibling), sibling, math.nan)  # a NaN/Inf weight gradient is no reference
     bias_like = np.array([r in _BIAS_LIKE for r in roles], dtype=bool)
+    scale = np.array([r == "norm_weight" for r in roles], dtype=bool)
+    shift = np.array(
+        [norm[index[s]] if (s := _shift_of(n)) in index and s != n else math.nan for n in names]
+    )  # a norm's beta
+    shift = np.where(np.isfinite(shift), shift, math.nan)
     with np.errstate(invalid="ignore", divide="ignore"):
         vs_sibling = np.where(bias_like & (sibling > 0), norm / sibling, math.nan)
-    zero = present & ((norm == 0.0) | (vs_sibling < t.grad_zero_ratio))
-    fr["zero"] = np.where(zero, 1.0, 0.0)
+        vs_shift = np.where(scale & (shift > 0), norm / shift, math.nan)
+    zero = present & ((norm == 0.0) | (vs_sibling < t.grad_zero_ratio) | (vs_shift < t.grad_zero_scale_ratio))
+    fr["vs_weight"] = vs_sibling
+    fr["vs_shift"] = vs_shift
     fr["judged"] = present
+    fr["positive"] = present & (norm > 0)
     fr["judged_nonzero"] = present & ~zero
     groups = np.array([_ROLE_GROUP.get(r, r) for r in roles], dtype=object)
     usable = fr["judged_nonzero"] & (norm > 0) & np.isfinite(norm)
@@ -739,8 +784,7 @@ def evaluate(
             value = float(values[i])
             if spec.statistic == "abs_max_nonfinite":
                 value = float(fr["abs_max"][i])
-            elif spec.rule == "grad_zero":
-                value = float(fr["norm"][i])
+
             nl = str(nls.get(names[i]) or "")
             note = _note(spec, int(i), names, fr)
             hits.append((int(i), order, _build(spec, (names[i],), value, threshold, step, note, nl)))

@@ -23,6 +23,7 @@ __all__ = [
     "EXPLODING_GRAD_GROWTH",
     "EXPLODING_GRAD_NORM",
     "GRAD_ZERO_RATIO",
+    "GRAD_ZERO_SCALE_RATIO",
     "OUTPUT_LOSS_RATIO",
     "SATURATED_FRACTION",
     "SYMMETRIC_SPREAD",
@@ -128,6 +129,18 @@ THRESHOLDS: tuple[Threshold, ...] = (
         ho=True,
     ),
     _t(
+        "grad_zero_scale_ratio",
+        1e-2,
+        0.0,
+        1.0,
+        "a norm's scale (gamma) gradient this many times smaller than its shift (beta) gradient is structurally "
+        "zero: for a unit-variance normalized input the two are of the same order (0.37-2.2 on every zoo model), so "
+        "a gamma gradient 100x smaller means the loss does not depend on gamma's scale (a norm before a ReLU, which "
+        "is positively homogeneous, into a per-channel linear map into a train-mode norm: MobileNetV3's ReLU blocks, "
+        "1.3e-3 under their own init, 2.5e-5 under auto), up to the norm's eps. Reported as `grad_zero`.",
+        ho=True,
+    ),
+    _t(
         "vanishing_activation_ratio",
         1e-2,
         0.0,
@@ -207,6 +220,7 @@ VANISHING_GRAD_FLOOR = _BY_NAME["vanishing_grad_floor"].default
 EXPLODING_GRAD_NORM = _BY_NAME["exploding_grad_norm"].default
 EXPLODING_GRAD_GROWTH = _BY_NAME["exploding_grad_growth"].default
 GRAD_ZERO_RATIO = _BY_NAME["grad_zero_ratio"].default
+GRAD_ZERO_SCALE_RATIO = _BY_NAME["grad_zero_scale_ratio"].default
 VANISHING_ACTIVATION_RATIO = _BY_NAME["vanishing_activation_ratio"].default
 EXPLODING_ACTIVATION_RATIO = _BY_NAME["exploding_activation_ratio"].default
 DEAD_FRACTION = _BY_NAME["dead_fraction"].default
@@ -249,6 +263,8 @@ class HealthThresholds:
         exploding_grad_growth: gradient norm relative to its group's median above which it explodes (``1e4``).
         grad_zero_ratio: bias-like gradient relative to its module's weight gradient below which it is structurally
             zero, information only (``1e-5``).
+        grad_zero_scale_ratio: a norm's gamma gradient relative to its beta gradient below which it is structurally
+            zero, information only (``1e-2``).
         vanishing_activation_ratio: signal std relative to the first judged layer's below which it vanishes
             (``1e-2``).
         exploding_activation_ratio: the same ratio above which it explodes (``1e2``).
@@ -276,6 +292,7 @@ class HealthThresholds:
     exploding_grad_norm: float = EXPLODING_GRAD_NORM
     exploding_grad_growth: float = EXPLODING_GRAD_GROWTH
     grad_zero_ratio: float = GRAD_ZERO_RATIO
+    grad_zero_scale_ratio: float = GRAD_ZERO_SCALE_RATIO
     vanishing_activation_ratio: float = VANISHING_ACTIVATION_RATIO
     exploding_activation_ratio: float = EXPLODING_ACTIVATION_RATIO
     dead_fraction: float = DEAD_FRACTION

@@ -310,7 +310,7 @@ def test_one_layout_with_one_multiline_chart_per_kind_and_stat(tmp_path: Path) -
     assert charts["weight_std"] == ["^weight_std/"]
     assert charts["health"] == ["^health/"]  # every health/* count on one chart
     assert set(charts) == {"weight_std", "grad_norm", "grad_ratio", "health"} | {
-        f"activation_{s}" for s in ("mean", "std", "abs_max", "zero_fraction", "saturation", "nonfinite")
+        f"activation_{s}" for s in ("mean", "std", "signal_std", "abs_max", "zero_fraction", "saturation", "nonfinite")
     }
     # The health chart's regex matches the health counts actually written.
     assert {t for t in ea.Tags()["scalars"] if t.startswith("health/")} == {
@@ -325,6 +325,7 @@ def test_one_layout_with_one_multiline_chart_per_kind_and_stat(tmp_path: Path) -
         "health/exploding_activation",
         "health/dead",
         "health/saturated",
+        "health/output_scale",
     }
 
 

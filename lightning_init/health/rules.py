@@ -407,11 +407,12 @@ RULE_TABLE: tuple[RuleSpec, ...] = (
         "signal_vs_first",
         "<",
         "vanishing_activation_ratio",
-        "profile",
+        "profile_inner",
         "activation signal std relative to the first judged layer's",
         "vanishing activations",
         _REMEDY_VANISHING,
-        "weight-layer outputs not renormalized next, embeddings and the model output excepted",
+        "weight-layer outputs not renormalized next, embeddings and the model output (a small head is by design) "
+        "excepted",
     ),
     RuleSpec(
         "exploding_activation",
@@ -423,7 +424,7 @@ RULE_TABLE: tuple[RuleSpec, ...] = (
         "activation signal std relative to the first judged layer's",
         "exploding activations",
         _REMEDY_EXPLODING,
-        "weight-layer outputs not renormalized next, embeddings and the model output excepted",
+        "weight-layer outputs not renormalized next (the model output included), embeddings excepted",
     ),
     RuleSpec(
         "dead",
@@ -471,7 +472,7 @@ for _spec in RULE_TABLE:  # the table is consistent with the thresholds it names
     assert not _spec.threshold or _spec.threshold in _BY_NAME, _spec
     assert _spec.rule in RULES_BY_KIND[_spec.kind] or _spec.rule in INFO_RULES, _spec
 
-_SPEC_BY_MEASURE: dict[tuple[str, str], RuleSpec] = {(s.rule, s.measure): s for s in RULE_TABLE}
+_SPEC_BY_MEASURE: dict[tuple[str, str, str], RuleSpec] = {(s.rule, s.kind, s.measure): s for s in RULE_TABLE}
 
 
 # --------------------------------------------------------------------------------------------------- findings
@@ -517,7 +518,7 @@ def _build(
 
 
 def _spec_of(f: Finding) -> RuleSpec:
-    spec = _SPEC_BY_MEASURE.get((f.rule, f.measure))
+    spec = _SPEC_BY_MEASURE.get((f.rule, f.kind, f.measure))
     if spec is None:  # a measure with the nonlinearity filled in
         spec = next(s for s in RULE_TABLE if s.rule == f.rule and s.kind == f.kind)
     return spec
@@ -693,18 +694,21 @@ def _activation_frame(
     )
     fr["signal"] = signal
     layer = np.array(
-        [nl is None and n not in context.norms and n not in context.renormalized and n != context.output
-         and n not in context.embeddings for n, nl in zip(names, nls, strict=True)],
+        [nl is None and n not in context.norms and n not in context.renormalized and n not in context.embeddings
+         for n, nl in zip(names, nls, strict=True)],
         dtype=bool,
     )  # fmt: skip
+    is_output = np.array([n == context.output for n in names], dtype=bool)
     profile = ~bad & layer & ~np.isnan(signal)
-    ref_ok = profile & np.isfinite(signal) & (signal > 0)
+    ref_ok = profile & ~is_output & np.isfinite(signal) & (signal > 0)
     first = int(np.argmax(ref_ok)) if ref_ok.any() else -1
     fr["signal_vs_first"] = signal / signal[first] if first >= 0 else np.full(len(names), math.nan)
     if first >= 0:
         profile = profile.copy()
         profile[: first + 1] = False  # the reference and the layers before it are not judged against it
     fr["profile"] = profile
+    # a small output is by design (zero- or 0.01-initialized heads: chance-level loss); a large one is judged
+    fr["profile_inner"] = profile & ~is_output
     fr["_first"] = np.array([first])
     fr["zero_fraction"] = _column(rows, "zero_fraction")
     fr["relu_like"] = ~bad & np.array([nl in RELU_LIKE for nl in nls], dtype=bool)

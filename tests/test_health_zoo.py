@@ -30,8 +30,6 @@ CAUGHT_BY = {
 AUTO_XFAIL: dict[tuple[str, str], str] = {
     ("gpt2", "auto"): "auto bug (issue 12): the tied wte/lm_head gets N(0, 1), loss at init 39 = 8.5x ln(100); "
     "output_scale says so, rightly",
-    ("mobilenet_v3", "auto"): "open: under auto the expand-BN gammas of blocks 2 and 3 get 2e-6 / 3e-5 x the "
-    "gradient of the deeper gammas at step 0 (vanishing_grad); not yet explained",
     ("mobilenet_v3", "None"): "open: RMSprop(lr=0.02, momentum=0.9) grows the N(0, 0.01) classifier 22x in 30 steps, "
     "0.1-0.33 of its scale per step for 20 steps (update_ratio); silent at lr 0.01",
 }

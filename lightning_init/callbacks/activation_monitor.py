@@ -81,7 +81,10 @@ class ActivationMonitor(_LayerMonitor):
 
     Logged metrics at the step of the batch (``{module}`` is the qualified module name, e.g. ``net.3``):
 
-    - ``activation_mean/{module}``, ``activation_std/{module}`` (unbiased), ``activation_abs_max/{module}``;
+    - ``activation_mean/{module}``, ``activation_std/{module}`` (unbiased, over all elements),
+      ``activation_abs_max/{module}``;
+    - ``activation_signal_std/{module}``: the signal std, each unit's std across the samples of the batch pooled over
+      the units (per-unit offsets such as a bias are not signal); what the health rules and the heatmap read;
     - ``activation_zero_fraction/{module}``: fraction of exactly-zero outputs (dead units after ReLU-like layers);
     - ``activation_saturation/{module}`` (bounded activations only: tanh, sigmoid and their hard variants): fraction
       of outputs within 0.01 of a bound of the output range, i.e. ``|y| > 0.99`` for tanh, ``y < 0.01`` or
@@ -89,7 +92,8 @@ class ActivationMonitor(_LayerMonitor):
     - ``activation_nonfinite/{module}``: number of NaN/Inf outputs;
     - histograms ``activation/{module}`` (TensorBoard only) of the first micro-batch of a histogram step;
     - with ``health=True``: ``health/nonfinite_activation``, ``health/vanishing_activation``,
-      ``health/exploding_activation``, ``health/dead``, ``health/saturated`` (number of flagged modules) at every
+      ``health/exploding_activation``, ``health/dead``, ``health/saturated``, ``health/output_scale`` (number of
+      flagged modules) at every
       logging step; the text ``health/activation_report`` and the image ``health/activation_heatmap`` (TensorBoard
       only).
 
@@ -97,8 +101,12 @@ class ActivationMonitor(_LayerMonitor):
     are computed whatever ``stats`` logs):
 
     - ``nonfinite``: a module output holds NaN/Inf ("NaN/Inf activations");
-    - ``vanishing_activation`` / ``exploding_activation``: ``activation_std`` of a parameterized layer divided by the
-      first parameterized layer's below ``vanishing_activation_ratio`` / above ``exploding_activation_ratio``;
+    - ``vanishing_activation`` / ``exploding_activation``: ``activation_signal_std`` of a judged layer divided by the
+      first judged layer's below ``vanishing_activation_ratio`` / above ``exploding_activation_ratio``; judged: weight
+      layers whose output the next module does not renormalize (not a conv before its BatchNorm), embeddings
+      excepted; the model output only for exploding (a small head is by design);
+    - ``output_scale``: the step's training loss above ``output_loss_ratio`` x ln(classes) while the model output's
+      signal std is large: the logits are far too large (an N(0, 1) embedding tied to the head);
     - ``dead``: ``zero_fraction`` above ``dead_fraction`` after a ReLU-like module ("dead ReLU units");
     - ``saturated``: ``saturation`` above ``saturated_fraction`` after tanh/sigmoid ("saturated tanh units").
 

@@ -68,13 +68,17 @@ class GradientMonitor(_LayerMonitor):
       ``health/grad_heatmap`` (TensorBoard only).
 
     Health checks (thresholds justified in :class:`~lightning_init.health.HealthThresholds`; depth profiles compare
-    weights with weights and biases with biases, input -> output):
+    each parameter with the median of the deeper ones of its role group (:mod:`lightning_init.roles`: weights,
+    biases, norm scales, norm shifts, embeddings, free parameters), input -> output):
 
     - ``nonfinite``: a gradient holds NaN/Inf ("NaN/Inf gradients");
-    - ``vanishing_grad``: a grad norm below ``vanishing_grad_ratio`` times the largest of the deeper layers', or below
+    - ``vanishing_grad``: a grad norm below ``vanishing_grad_ratio`` times that median, or below
       ``vanishing_grad_floor``;
-    - ``exploding_grad``: a grad norm above ``exploding_grad_norm``, or above ``exploding_grad_growth`` times the
-      smallest of the deeper layers'.
+    - ``exploding_grad``: a grad norm above ``exploding_grad_norm``, or above ``exploding_grad_growth`` times that
+      median;
+    - ``grad_zero`` (information, once, never counted): a gradient that is structurally zero (exactly 0, a bias-like
+      gradient below ``grad_zero_ratio`` of its module's weight gradient, a norm scale's below
+      ``grad_zero_scale_ratio`` of its shift's) is not judged as vanishing.
 
     Each finding is a ``UserWarning`` (once per (rule, parameter)) naming the parameters, the value against the
     threshold and a remedy. At fit end the per-parameter health table is printed and written to TensorBoard's Text tab

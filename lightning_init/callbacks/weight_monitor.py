@@ -66,8 +66,10 @@ class WeightMonitor(_LayerMonitor):
     - ``nonfinite``: a weight holds NaN/Inf ("NaN/Inf weights");
     - ``symmetric``: ``row_spread`` (computed for this check, not logged unless in ``stats``) at or below
       ``symmetric_spread``: every output unit has the same weights, as after a zero or constant init;
-    - ``update_ratio`` (only when ``update_ratio`` is logged; biases not judged): a non-zero ratio below
-      ``update_ratio_low`` (frozen learning) or above ``update_ratio_high`` (unstable learning).
+    - ``update_ratio`` (only when ``update_ratio`` is logged; biases and norm shifts not judged): a non-zero ratio
+      below ``update_ratio_low`` on 10 logged steps in a row (frozen learning), or an update above
+      ``update_ratio_high`` of the parameter's scale (the larger of its norm and its unit-scale norm) on 2 in a row,
+      past an adaptive optimizer's warm-up (unstable learning).
 
     Each finding is a ``UserWarning`` (once per (rule, parameter)) naming the parameters, the value against the
     threshold and a remedy. At fit end the per-parameter health table is printed (``rank_zero_info``) and written to

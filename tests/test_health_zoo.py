@@ -81,7 +81,7 @@ def test_broken_zoo_model_is_loud_with_the_right_rule(name, tmp_path):
 def _text(run, tag: str) -> str:
     ea = EventAccumulator(str(run.log_dir), size_guidance={"tensors": 0})
     ea.Reload()
-    events = ea.Tensors(tag)
+    events = ea.Tensors(f"{tag}/text_summary")
     return events[-1].tensor_proto.string_val[0].decode()
 
 

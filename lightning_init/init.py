@@ -1,67 +1,99 @@
-"""``init_module``: initialize every layer of an ``nn.Module`` and report what was done (pure torch).
+"""``init_module``: plan the initialization of every parameter of an ``nn.Module``, apply it, report it (pure torch).
 
 Usable on any ``nn.Module`` (no Lightning needed), e.g. inside ``LightningModule.configure_model`` under FSDP::
 
     report = init_module(model, "kaiming_normal", nonlinearity="relu", seed=0)
     print(report)
 
-What each kind of module gets:
+Two phases, in the style of timm's ``init_weights_*`` + ``named_apply``: :func:`plan_init` resolves, for every
+parameter, the scheme, its parameters, the layer's **true fans**, its follower, ties, fused blocks and residual
+presets, and runs every check; only then :func:`apply_plan` writes, with one small applier per kind. A bad argument,
+a rule matching nothing, a preset without a data flow: all raise before any parameter changes.
 
-- Weight layers (Linear, Conv*, ConvTranspose*, Bilinear, any module owning a >= 2-d parameter): the scheme on each
-  >= 2-d parameter; parameters whose name contains ``bias`` get the constant ``bias`` (0 by default); other 1-d
-  parameters (e.g. a layer-scale vector) are left as they are.
-- ``auto``: per layer from the activation that follows it (see :func:`~lightning_init.schemes.auto_scheme`), found from
-  ``nn.Sequential`` order and, when ``example_input`` is given, from execution order during one side-effect-free
-  forward. Layers it cannot resolve get ``xavier_normal`` with gain 1 (the seed's rule for a layer followed by nothing:
-  variance-preserving for a linear follower) and one warning that names them.
-- Normalization layers (BatchNorm, InstanceNorm, LayerNorm, GroupNorm, RMSNorm): weight 1, bias 0.
-- Embedding / EmbeddingBag: N(0, 1) (torch's default: unit-variance features, the scale the next layer's fan-based
-  init assumes), the ``padding_idx`` row zero. A rule naming them (``type: Embedding``) applies its scheme instead.
-- RNN / LSTM / GRU (and their cells): input and projection weights by the scheme per gate block (each gate's
-  ``(hidden, input)`` block has its own fans; ``auto`` uses ``xavier_normal`` gain 1, the gates being sigmoid/tanh),
-  recurrent weights orthogonal per gate block (gain 1), biases the ``bias`` constant.
-- ``nn.MultiheadAttention``: the packed input projection per q/k/v block by the scheme (``auto``: ``xavier_normal``,
-  as its output is not followed by an activation), ``out_proj`` likewise.
-- Activation modules with parameters (PReLU) and modules without parameters: untouched.
+What each kind of parameter gets:
+
+- **Weights** of layers (Linear, Conv*, ConvTranspose*, HF ``Conv1D``, Bilinear, any leaf owning a >= 2-d
+  parameter): the scheme, with the fans of how the layer is used. With an ``example_input`` (a
+  LightningModule's ``example_input_array``), one side-effect-free traced forward (:mod:`lightning_init.graph`)
+  records each layer's input and output feature sizes, so a 2-d weight stored ``(in, out)`` (HF ``Conv1D``) is
+  recognized; without one, HF ``Conv1D`` is recognized by its layout (``weight`` of shape ``(nx, nf)``). Convolutions:
+  ``fan_in = in/groups x kernel``, ``fan_out = out/groups x kernel`` (torch.nn.init counts ``out x kernel`` for
+  grouped convs: a depthwise conv feeds ``kernel`` outputs per input, not ``channels x kernel``). Transposed convs:
+  ``fan_in = in/groups x`` the kernel taps that reach one output on average (kernel/stride, measured on the layer's
+  own geometry), the fan that keeps output/input variance level; the report says so.
+- ``auto``: per layer from the activation that follows it in the data flow (:meth:`~lightning_init.graph.DataFlow.
+  followers`: torch.fx where the model traces symbolically, the traced forward otherwise; ``nn.Sequential`` order as
+  the static fallback), activations recognized by behaviour (:mod:`lightning_init.activations`):
+  :func:`~lightning_init.schemes.auto_scheme` (ReLU family and GELU/SiLU: Kaiming; tanh/sigmoid/linear: Xavier; SELU:
+  LeCun). A layer whose output feeds a softmax / cross-entropy (logits), or that is tied to an embedding, is a
+  *readout*: ``N(0, 1/fan_in^2)``, muP's readout (Yang et al. 2022, "Tensor Programs V"), so the logits start near
+  zero and the loss at init is ``ln(classes)``. Layers it cannot resolve get ``xavier_normal`` with gain 1 and one
+  warning that names them.
+- **Fused projections** (timm ``qkv`` ``Linear(d, 3d)``, GPT-2 ``c_attn`` ``Conv1D(d, 3d)``): per ``d x d`` block
+  when the split is seen in the data flow (``split``/``chunk`` into equal parts, ``reshape`` to ``(..., 3, heads,
+  head_dim)``) or, without a traced forward, when the name is ``qkv`` / ``c_attn`` / ``in_proj`` /
+  ``query_key_value`` and ``out = 3 x in``; otherwise as one matrix. ``nn.MultiheadAttention``'s packed input
+  projection: per q/k/v block.
+- **Norms** (BatchNorm, InstanceNorm, LayerNorm, GroupNorm, RMSNorm): weight 1, bias 0. Under ``auto``, a norm
+  weight that is exactly zero is the model's own design (timm ``zero_init_last``, torchvision
+  ``zero_init_residual``) and is kept, unless a rule or a residual preset says otherwise.
+- **Embeddings**: N(0, 1) (torch's default). A ``padding_idx`` row is zero. An embedding tied to an output layer (GPT-2
+  ``wte`` = ``lm_head``) is initialized once, as the readout (std ``1/d``: its embedding role is scale-free, as its
+  output is normalized before use), and the embeddings added to it (``wpe``) get the same std. The report lists every
+  name of a tied tensor.
+- **RNN / LSTM / GRU**: input weights by the scheme per gate block (``auto``: ``xavier_normal`` gain 1), recurrent
+  weights orthogonal per gate block, biases the ``bias`` constant.
+- **Free parameters** (owned directly by a module with children, or 1-d non-bias parameters of a leaf): documented
+  literature defaults, overridable by a rule naming the parameter (``InitRule(name="cls_token", ...)``):
+  ``cls_token`` / ``dist_token`` / ``reg_token`` / ``mask_token``: ``N(0, 1e-6)`` (timm ViT ``init_weights``);
+  ``pos_embed`` / ``position_embedding(s)``: ``trunc_normal(std=0.02)`` (ViT, DeiT); layer scales (``gamma``,
+  ``ls``, ``layer_scale``, a ``LayerScale`` module's parameter): kept when constant (the model's ``init_values``,
+  CaiT), else ``1e-5`` (timm's default); other >= 2-d free parameters ``trunc_normal(std=0.02)``; other 1-d ones
+  untouched (listed).
+- **Residual presets** (``residual=``, branches found from the data flow): ``"zero_last_norm"`` (Goyal et al. 2017:
+  the gamma of the last norm in each residual branch is 0, so each block starts as the identity);
+  ``"scaled"`` (GPT-2, Radford et al. 2019: each branch's output projection is scaled by ``1/sqrt(N)``, ``N`` the
+  number of residual branches, ``2 x n_layer`` in a transformer); ``"fixup"`` (Zhang et al. 2019: the last layer of
+  each branch and the model's output layer are 0, the other ``m - 1`` layers of a branch are scaled by
+  ``L^(-1/(2m-2))``, ``L`` branches).
+- Activation modules with parameters (PReLU): untouched.
 - ``lsuv`` (data-dependent, needs ``lsuv_batch``): Linear and Conv1d/2d/3d layers get an orthogonal weight (gain 1)
   and a zero bias, then :func:`~lightning_init.lsuv.lsuv_` rescales them in forward order until each output's variance
-  on the batch is 1 within ``lsuv_tol``. Every other module gets what ``auto`` gives it (norms 1/0, embeddings
-  N(0, 1), RNN gate blocks, transposed convs by their follower), and rules apply as usual: ``skip`` leaves a layer
-  untouched, a rule naming another scheme takes the layer away from LSUV, a rule naming ``lsuv`` gives it LSUV. Layers
+  on the batch is 1 within ``lsuv_tol``. Every other module gets what ``auto`` gives it; rules apply as usual. Layers
   the forward never calls keep the orthogonal pre-init. The per-layer iterations and variances are in
   ``InitReport.lsuv``.
+- **Lazy modules** (``nn.LazyLinear``...): materialized first by a dry forward of ``example_input`` (or of
+  ``lsuv_batch``); without either, a ``ValueError`` that names them.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor, nn
 
-from lightning_init.activations import (
-    Follower,
-    is_layer,
-    is_norm,
-    nonlinearity_of,
-    sequential_followers,
-    traced_followers,
-)
+from lightning_init.activations import Follower, is_norm, nonlinearity_of
+from lightning_init.graph import DataFlow, dataflow, sequential_followers
 from lightning_init.lsuv import LSUV_LAYER_TYPES, LSUVReport, check_lsuv_args, lsuv_
 from lightning_init.rules import InitRule, as_rules, check_all_match, first_match
 from lightning_init.schemes import (
     SchemeName,
     apply_scheme_,
     auto_scheme,
+    check_choice,
     expected_std,
-    fans,
+    normal_,
     orthogonal_,
     scheme_gain,
+    trunc_normal_,
+    uniform_,
     validate_scheme,
 )
 from lightning_init.stats import row_spread
@@ -73,10 +105,49 @@ SYMMETRY_MESSAGE = (
     "(e.g. 'kaiming_normal' for ReLU, 'xavier_normal' for tanh/sigmoid); a constant is fine for biases."
 )
 
+#: Residual presets (see the module docstring). ``"none"``: no preset.
+ResidualPreset = Literal["none", "zero_last_norm", "scaled", "fixup"]
+RESIDUAL_PRESETS: tuple[str, ...] = get_args(ResidualPreset)
+
+#: Fan-based schemes: sampled here from the layer's true fans (a normal or uniform draw of the formula's std).
+_FAN_SCHEMES = frozenset({"xavier_normal", "xavier_uniform", "kaiming_normal", "kaiming_uniform", "lecun_normal"})
+_FAN_SCHEMES |= {"lecun_uniform"}
+
+#: Names of fused q/k/v projections, recognized without a traced forward when ``out = 3 x in``.
+_FUSED_NAMES = frozenset({"qkv", "c_attn", "in_proj", "query_key_value", "wqkv", "qkv_proj"})
+
+#: Free parameters by name (the last component of the qualified name): (pattern, scheme, params, why).
+FREE_PARAMETER_DEFAULTS: tuple[tuple[str, str, dict[str, float], str], ...] = (
+    (r"(cls|dist|reg|mask)_tokens?|register_tokens", "normal", {"mean": 0.0, "std": 1e-6}, "token: timm ViT"),
+    (
+        r"pos(ition)?_emb(ed|edding|eddings)?|absolute_pos_embed",
+        "trunc_normal",
+        {"mean": 0.0, "std": 0.02, "a": -0.04, "b": 0.04},
+        "position embedding: ViT/DeiT",
+    ),
+)
+_LAYER_SCALE = re.compile(r"gamma(_\d)?|ls\d?|layer_?scale(_\d)?|scale")
+
+#: Readout: N(0, (1/fan_in)^2), muP's output layer (Yang et al. 2022).
+READOUT = "readout"
+
 
 @dataclass
 class LayerInit:
-    """One initialized parameter: a row of the :class:`InitReport` table."""
+    """One initialized parameter: a row of the :class:`InitReport` table.
+
+    Attributes:
+        layer: The parameter's qualified name (its first name when tied).
+        shape: The tensor's shape.
+        scheme: What it got (``auto: kaiming_normal (relu)``, ``ones``, ``x3 blocks``...).
+        fan_in: True fan-in (per block for fused / gated weights), ``None`` when not fan-based.
+        fan_out: True fan-out (per block).
+        gain: The scheme's gain, ``None`` when it has none.
+        expected_std: The std the formula predicts (``nan`` when data-dependent).
+        actual_std: The measured std after init (population std).
+        tied: The tensor's other names (a weight tied into several modules).
+        note: Why, when it is not the plain scheme (transposed layout, residual preset, kept zero...).
+    """
 
     layer: str
     shape: tuple[int, ...]
@@ -86,6 +157,8 @@ class LayerInit:
     gain: float | None
     expected_std: float
     actual_std: float
+    tied: tuple[str, ...] = ()
+    note: str = ""
 
 
 @dataclass
@@ -96,10 +169,13 @@ class InitReport:
         rows: One row per initialized weight (biases are set to the report's ``bias`` and not listed).
         symmetric: Layers whose output units are all identical after init (``stats.row_spread == 0``).
         unresolved: Layers ``auto`` could not resolve (they got ``xavier_normal``, gain 1).
-        skipped: Layers left untouched (``skip`` rules, ``only_rules``, activation parameters).
+        skipped: Layers and parameters left untouched (``skip`` rules, ``only_rules``, activation parameters, free
+            parameters without a default).
         bias: The bias constant.
         seed: The seed, when one was given.
         lsuv: What LSUV did (per-layer iterations, initial and final output variances), when ``lsuv`` was used.
+        residual: The residual preset.
+        notes: Sentences about the model as a whole (data flow used, residual branches found).
     """
 
     rows: list[LayerInit] = field(default_factory=list)
@@ -109,6 +185,8 @@ class InitReport:
     bias: float = 0.0
     seed: int | None = None
     lsuv: LSUVReport | None = None
+    residual: str = "none"
+    notes: list[str] = field(default_factory=list)
 
     _HEADER = ("layer", "shape", "scheme", "fan_in", "fan_out", "gain", "expected std", "actual std")
 
@@ -118,7 +196,7 @@ class InitReport:
 
         return [
             (
-                r.layer,
+                r.layer + "".join(f" = {t}" for t in r.tied),
                 "x".join(map(str, r.shape)),
                 r.scheme,
                 "-" if r.fan_in is None else str(r.fan_in),
@@ -132,6 +210,10 @@ class InitReport:
 
     def _notes(self) -> list[str]:
         notes = [f"biases: {self.bias:g}" + (f"; seed: {self.seed}" if self.seed is not None else "")]
+        if self.residual != "none":
+            notes.append(f"residual preset: {self.residual}")
+        notes += self.notes
+        notes += [f"{r.layer}: {r.note}" for r in self.rows if r.note]
         if self.skipped:
             notes.append(f"untouched: {', '.join(self.skipped)}")
         if self.unresolved:
@@ -159,6 +241,66 @@ class InitReport:
         return self.to_text()
 
 
+# ====================================================================================================================
+# The plan: one entry per parameter tensor, everything decided before anything is written.
+# ====================================================================================================================
+
+#: What a planned parameter is, which selects its applier.
+Kind = Literal["weight", "bias", "norm", "embedding", "recurrent", "free", "lsuv"]
+
+
+@dataclass
+class ParamPlan:
+    """How one parameter tensor will be initialized (one entry of :func:`plan_init`'s result).
+
+    Attributes:
+        name: Qualified name (the first, for a tied tensor).
+        tensor: The parameter.
+        kind: Which applier writes it.
+        scheme: A concrete scheme (never ``auto``), or ``"readout"``.
+        params: The scheme's validated parameters.
+        label: The report's scheme column.
+        fan_in: True fan-in per block (``None`` when not fan-based).
+        fan_out: True fan-out per block.
+        blocks: Equal blocks along ``block_dim``, each initialized on its own (gates, fused q/k/v).
+        block_dim: The output dimension of the weight's layout (1 for a transposed ``(in, out)`` layout).
+        orthogonal: Recurrent weights: orthogonal per block (gain 1).
+        scale: A factor applied after sampling (residual presets).
+        tied: Other names of the same tensor.
+        note: Why, when it is not the plain scheme.
+        report: Whether the parameter gets a report row (biases do not).
+        padding_idx: An embedding row to zero.
+        deliberate_zero: A preset or a kept zero: excluded from the symmetry warning.
+    """
+
+    name: str
+    tensor: Tensor
+    kind: Kind
+    scheme: str
+    params: dict[str, Any]
+    label: str
+    fan_in: int | None = None
+    fan_out: int | None = None
+    blocks: int = 1
+    block_dim: int = 0
+    orthogonal: bool = False
+    scale: float = 1.0
+    tied: tuple[str, ...] = ()
+    note: str = ""
+    report: bool = True
+    padding_idx: int | None = None
+    deliberate_zero: bool = False
+
+
+@dataclass
+class Plan:
+    """Everything :func:`apply_plan` needs: the per-parameter entries and what the report says about the model."""
+
+    entries: list[ParamPlan]
+    report: InitReport
+    lsuv_layers: dict[str, nn.Module]
+
+
 _RNN_GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
 
 
@@ -173,17 +315,17 @@ def _gates(module: nn.Module) -> int:
 
 
 def _std(t: Tensor) -> float:
-    if t.is_meta or t.numel() < 2:
+    if t.is_meta or t.numel() < 2 or _is_lazy(t):
         return float("nan")
     return float(t.detach().float().std(correction=0))
 
 
-def _identical_rows(weight: Tensor) -> bool:
-    """Whether every output unit (row) of ``weight`` is identical: ``stats.row_spread == 0``, or exactly equal rows.
+def _is_lazy(t: Tensor) -> bool:
+    return isinstance(t, nn.parameter.UninitializedParameter)
 
-    The exact comparison covers constants such as 0.3, whose float32 column mean may differ from 0.3 in the last bit
-    (then ``row_spread`` is ~1e-8 instead of 0).
-    """
+
+def _identical_rows(weight: Tensor) -> bool:
+    """Whether every output unit (row) of ``weight`` is identical: ``stats.row_spread == 0``, or exactly equal rows."""
     if weight.shape[0] < 2:
         return False
     flat = weight.detach().flatten(1)
@@ -200,6 +342,694 @@ def _private_generator(seed: int | None, generator: torch.Generator | None) -> t
     return g
 
 
+# -------------------------------------------------------------------------------------------------- roles
+
+#: The role of a parameter for initialization.
+Role = Literal[
+    "weight", "bias", "norm_weight", "norm_bias", "embedding", "recurrent", "attention", "free", "activation"
+]
+
+
+def param_role(module: nn.Module, pname: str, p: Tensor) -> Role:
+    """The role of parameter ``pname`` owned directly by ``module``.
+
+    Norm weight / bias; activation parameters (PReLU); embeddings; biases (``bias`` in the name); recurrent and
+    attention parameters; *free* parameters (owned by a module with children, e.g. ViT's ``cls_token``, or 1-d
+    non-bias parameters of a leaf, e.g. a layer scale); otherwise a layer weight.
+    """
+    if is_norm(module):
+        return "norm_bias" if "bias" in pname else "norm_weight"
+    if nonlinearity_of(module) is not None:
+        return "activation"
+    if isinstance(module, (nn.Embedding, nn.EmbeddingBag)) and pname == "weight":
+        return "embedding"
+    if "bias" in pname:
+        return "bias"
+    if isinstance(module, (nn.RNNBase, nn.RNNCellBase)):
+        return "recurrent"
+    if isinstance(module, nn.MultiheadAttention):
+        return "attention"
+    if next(module.children(), None) is not None or p.ndim < 2:
+        return "free"
+    return "weight"
+
+
+# -------------------------------------------------------------------------------------------------- true fans
+
+
+def _transposed_layout(module: nn.Module, weight: Tensor, flow: DataFlow | None, name: str) -> tuple[bool, str]:
+    """Whether a 2-d weight is stored ``(in, out)``: from the traced forward's feature sizes, else HF ``Conv1D``."""
+    calls = flow.calls(name) if flow is not None and flow.kind == "traced" else []
+    if calls and calls[0].in_shapes and calls[0].out_shapes:
+        n_in, n_out = calls[0].in_shapes[0][-1], calls[0].out_shapes[0][-1]
+        rows, cols = weight.shape
+        if (rows, cols) == (n_in, n_out) and n_in != n_out:
+            return True, f"weight stored (in, out) = ({n_in}, {n_out}): fans from the forward's feature sizes"
+        if (rows, cols) == (n_out, n_in):
+            return False, ""
+    nf, nx = getattr(module, "nf", None), getattr(module, "nx", None)
+    if type(module).__name__ == "Conv1D" and tuple(weight.shape) == (nx, nf) and nx != nf:
+        return True, f"HF Conv1D: weight stored (in, out) = ({nx}, {nf})"
+    return False, ""
+
+
+def _transposed_conv_taps(module: nn.modules.conv._ConvTransposeNd, spatial: tuple[int, ...] | None) -> float:
+    """Mean number of kernel taps that reach one output position, measured on the layer's own geometry."""
+    d = len(module.kernel_size)
+    size = spatial if spatial is not None and len(spatial) == d else (8,) * d
+    fn = (torch.nn.functional.conv_transpose1d, torch.nn.functional.conv_transpose2d)[d - 1] if d < 3 else None
+    fn = fn or torch.nn.functional.conv_transpose3d
+    with torch.no_grad():
+        out = fn(
+            torch.ones(1, 1, *size),
+            torch.ones(1, 1, *module.kernel_size),
+            stride=module.stride,
+            padding=module.padding,  # type: ignore[arg-type]
+            output_padding=module.output_padding,
+            dilation=module.dilation,
+        )
+    return float(out.mean())
+
+
+def true_fans(module: nn.Module, pname: str, p: Tensor, flow: DataFlow | None, name: str) -> tuple[int, int, int, str]:
+    """``(fan_in, fan_out, output dim of the layout, note)`` of a layer weight, from how the layer is used.
+
+    Convs: ``in/groups x kernel`` and ``out/groups x kernel``. Transposed convs: the effective fan-in (taps per
+    output). 2-d weights: ``(out, in)``, or ``(in, out)`` when the forward (or HF ``Conv1D``'s layout) says so.
+    """
+    receptive = math.prod(p.shape[2:]) if p.ndim > 2 else 1
+    if isinstance(module, nn.modules.conv._ConvTransposeNd) and pname == "weight":
+        groups = module.groups
+        calls = flow.calls(name) if flow is not None and flow.kind == "traced" else []
+        spatial = tuple(calls[0].in_shapes[0][2:]) if calls and calls[0].in_shapes else None
+        taps = _transposed_conv_taps(module, spatial)
+        fan_in = max(1, round(p.shape[0] // groups * taps))
+        note = (
+            f"ConvTranspose: fan_in = in/groups {p.shape[0] // groups} x {taps:.3g} kernel taps per output "
+            f"(stride {tuple(module.stride)}), the fan that keeps output/input variance level"
+        )
+        return fan_in, int(p.shape[1]) * receptive, 1, note
+    if isinstance(module, nn.modules.conv._ConvNd) and pname == "weight":
+        return int(p.shape[1]) * receptive, int(p.shape[0]) // module.groups * receptive, 0, ""
+    if p.ndim == 2:
+        transposed, note = _transposed_layout(module, p, flow, name)
+        if transposed:
+            return int(p.shape[0]), int(p.shape[1]), 1, note
+    return int(p.shape[1]) * receptive, int(p.shape[0]) * receptive, 0, ""
+
+
+# -------------------------------------------------------------------------------------------------- planning
+
+
+def _fused_blocks(module: nn.Module, name: str, flow: DataFlow | None, out_f: int, in_f: int) -> tuple[int, str]:
+    if flow is not None and flow.kind == "traced" and flow.calls(name):
+        k = flow.split_into(name)
+        if k is not None and out_f % k == 0 and out_f // k == in_f:
+            return k, f"fused projection: output split into {k} in the forward, each {in_f}x{in_f} block on its own"
+        return 1, ""
+    last = name.rsplit(".", 1)[-1].lower()
+    if last in _FUSED_NAMES and out_f == 3 * in_f:
+        return 3, f"fused projection (by name '{last}', out = 3 x in): each {in_f}x{in_f} block on its own"
+    return 1, ""
+
+
+def _resolve_auto(
+    name: str, module: nn.Module, prm: dict[str, Any], followers: dict[str, Follower], report: InitReport
+) -> tuple[str, dict[str, Any], str]:
+    """(concrete scheme, its params, report label) for a weight layer under ``auto``."""
+    if prm.get("nonlinearity") is not None:
+        follower: Follower = (prm["nonlinearity"], prm.get("a"))
+    elif name in followers:
+        follower = followers[name]
+    else:
+        report.unresolved.append(name or type(module).__name__)
+        concrete, cprm = auto_scheme(None)
+        return concrete, cprm, f"auto: {concrete} (unresolved)"
+    if follower[0] == "softmax":
+        return READOUT, {}, "auto: readout N(0, 1/fan_in^2) (logits)"
+    if follower[0] == "other":
+        concrete, cprm = auto_scheme(None)
+        return concrete, cprm, f"auto: {concrete} (unrecognized activation)"
+    concrete, cprm = auto_scheme(*follower)
+    return concrete, cprm, f"auto: {concrete} ({follower[0]})"
+
+
+def _free_default(pname: str, module: nn.Module, p: Tensor) -> tuple[str, dict[str, Any], str] | None:
+    """The literature default of a free parameter: (scheme, params, label), or ``None`` to leave it untouched."""
+    last = pname.rsplit(".", 1)[-1]
+    for pattern, sch, prm, why in FREE_PARAMETER_DEFAULTS:
+        if re.fullmatch(pattern, last):
+            std = prm["std"]
+            return sch, dict(prm), f"free: {sch}(std={std:g}) ({why})"
+    if "layerscale" in type(module).__name__.lower() or (p.ndim == 1 and _LAYER_SCALE.fullmatch(last)):
+        flat = p.detach().flatten()
+        if flat.numel() and bool((flat == flat[0]).all()) and bool(torch.isfinite(flat[0])):
+            return "keep", {}, f"free: layer scale kept at the model's {float(flat[0]):g} (init_values, CaiT)"
+        return "constant", {"value": 1e-5}, "free: layer scale 1e-5 (timm LayerScale default, CaiT)"
+    if p.ndim >= 2:
+        return "trunc_normal", {"mean": 0.0, "std": 0.02, "a": -0.04, "b": 0.04}, "free: trunc_normal(std=0.02)"
+    return None
+
+
+def _owners(module: nn.Module) -> dict[int, list[tuple[str, str, nn.Module, str]]]:
+    """id(parameter) -> every (qualified param name, module name, module, local name) that owns it."""
+    owners: dict[int, list[tuple[str, str, nn.Module, str]]] = {}
+    for mname, mod in module.named_modules(remove_duplicate=False):
+        for pname, p in mod._parameters.items():
+            if p is None:
+                continue
+            qualified = f"{mname}.{pname}" if mname else pname
+            entry = (qualified, mname, mod, pname)
+            lst = owners.setdefault(id(p), [])
+            if entry[0] not in [o[0] for o in lst]:
+                lst.append(entry)
+    return owners
+
+
+def _normalized_before_a_layer(flow: DataFlow | None, embedding: str) -> bool:
+    """Whether every path from ``embedding``'s output meets a norm before any weight layer (transformers)."""
+    if flow is None or not flow.calls(embedding):
+        return True  # no data flow: the transformer case, the common one for tied embeddings
+    for call in flow.calls(embedding):
+        stack, seen = [call.index], {call.index}
+        while stack:
+            i = stack.pop()
+            for c in flow.consumers(i):
+                node = flow.nodes[c]
+                if node.role == "norm":
+                    continue
+                if node.role == "layer":
+                    return False
+                if c not in seen:
+                    seen.add(c)
+                    stack.append(c)
+    return True
+
+
+def _readout_embeddings(flow: DataFlow | None, tied_embeddings: set[str]) -> set[str]:
+    """Embeddings whose output is added to a tied embedding's output before any layer (``wpe`` next to ``wte``)."""
+    if flow is None or not tied_embeddings:
+        return set()
+    joins: dict[int, set[str]] = {}
+    for emb in flow.embeddings:
+        for call in flow.calls(emb):
+            stack, seen = [call.index], {call.index}
+            while stack:
+                i = stack.pop()
+                for c in flow.consumers(i):
+                    node = flow.nodes[c]
+                    if node.role == "transparent" and c not in seen:
+                        seen.add(c)
+                        stack.append(c)
+                        joins.setdefault(c, set()).add(emb)
+    out: set[str] = set()
+    for members in joins.values():
+        if members & tied_embeddings:
+            out |= members
+    return out - tied_embeddings
+
+
+def plan_init(
+    module: nn.Module,
+    scheme: SchemeName = "auto",
+    *,
+    rules: Iterable[InitRule | dict[str, Any]] | None = None,
+    bias: float = 0.0,
+    example_input: Any = None,
+    nonlinearity: str | None = None,
+    only_rules: bool = False,
+    residual: ResidualPreset = "none",
+    flow: DataFlow | None = None,
+    **scheme_params: Any,
+) -> Plan:
+    """Decide, for every parameter of ``module``, how it will be initialized; change nothing.
+
+    Arguments as :func:`init_module`; ``flow`` is a data flow already built (else one is built from
+    ``example_input``, or by ``torch.fx``). Raises every ``ValueError`` :func:`init_module` documents.
+    """
+    params = validate_scheme(scheme, {**scheme_params, "nonlinearity": nonlinearity})
+    check_choice("residual", residual, RESIDUAL_PRESETS)
+    rule_list = as_rules(rules)
+    lazy = [n for n, p in module.named_parameters() if _is_lazy(p)]
+    if lazy:
+        raise ValueError(
+            f"Parameters {', '.join(lazy[:5])} are not materialized yet (lazy modules): run one forward first, or pass "
+            "`example_input` (a LightningModule's `example_input_array`) so init_module materializes them."
+        )
+    if flow is None:
+        flow = dataflow(module, example_input)
+    report = InitReport(bias=bias, residual=residual)
+    if residual != "none" and flow is None:
+        raise ValueError(
+            f"`residual`={residual!r} needs the model's data flow to find its residual branches: pass `example_input` "
+            "(a LightningModule's `example_input_array`); the model does not trace symbolically with torch.fx."
+        )
+    owners = _owners(module)
+    free_names = [
+        (entries[0][0], entries[0][2])
+        for entries in owners.values()
+        if param_role(entries[0][2], entries[0][3], entries[0][2]._parameters[entries[0][3]]) == "free"  # type: ignore[arg-type]
+    ]
+    layers = [(n, m) for n, m in module.named_modules() if next(m.parameters(recurse=False), None) is not None]
+    check_all_match(rule_list, layers + free_names)
+
+    followers: dict[str, Follower] = sequential_followers(module)
+    if flow is not None:
+        followers.update(flow.followers())
+    residuals = flow.residuals() if flow is not None else []
+    if flow is not None:
+        how = "a traced forward" if flow.kind == "traced" else "torch.fx"
+        report.notes.append(f"data flow from {how}: {len(residuals)} residual branches")
+
+    # Ties: an embedding tied to a weight layer (GPT-2 wte = lm_head) is the readout for both roles.
+    tied_embeddings: set[str] = set()
+    readout_layers: set[str] = set()
+    for owned in owners.values():
+        kinds = {param_role(mod, pn, mod._parameters[pn]) for _, _, mod, pn in owned}  # type: ignore[arg-type]
+        if len(owned) > 1 and "embedding" in kinds and "weight" in kinds:
+            tied_embeddings |= {mn for _, mn, mod, _ in owned if isinstance(mod, (nn.Embedding, nn.EmbeddingBag))}
+            readout_layers |= {mn for _, mn, mod, pn in owned if param_role(mod, pn, mod._parameters[pn]) == "weight"}  # type: ignore[arg-type]
+    summed_embeddings = _readout_embeddings(flow, tied_embeddings)
+    raw = {name for name in tied_embeddings if not _normalized_before_a_layer(flow, name)}
+    raw_ids = {id(m.weight) for n, m in module.named_modules() if n in raw}
+
+    # Residual presets: per layer / norm, what changes.
+    preset_scale: dict[str, tuple[float, str]] = {}
+    preset_zero_layers: dict[str, str] = {}
+    preset_zero_norms: dict[str, str] = {}
+    if residual == "scaled" and residuals:
+        n = len(residuals)
+        for r in residuals:
+            if r.last_layer is not None:
+                why = f"residual 'scaled': x 1/sqrt({n}) ({n} residual branches, GPT-2)"
+                preset_scale[r.last_layer] = (1 / math.sqrt(n), why)
+    elif residual == "zero_last_norm":
+        for r in residuals:
+            if r.last_norm is not None:
+                preset_zero_norms[r.last_norm] = "residual 'zero_last_norm': last norm of the branch is 0 (Goyal 2017)"
+            else:
+                report.notes.append(f"zero_last_norm: no norm ends the branch ending in {r.last_layer}; unchanged")
+    elif residual == "fixup" and residuals:
+        n = len(residuals)
+        for r in residuals:
+            m = len(r.branch_layers)
+            if r.last_layer is not None:
+                preset_zero_layers[r.last_layer] = "residual 'fixup': last layer of the branch is 0 (Zhang 2019)"
+            if m >= 2:
+                factor = n ** (-1 / (2 * m - 2))
+                for layer in r.branch_layers:
+                    if layer != r.last_layer:
+                        preset_scale[layer] = (factor, f"residual 'fixup': x {n}^(-1/{2 * m - 2}) = {factor:.4g}")
+        in_branches = {name for r in residuals for name in r.branch_layers}
+        for name, f in followers.items():
+            if name in readout_layers or name in tied_embeddings:
+                continue  # tied to an embedding: zero would erase the embedding too
+            if f[0] in ("linear", "softmax") and name not in in_branches and _is_output_layer(flow, name):
+                preset_zero_layers[name] = "residual 'fixup': the model's output layer is 0 (Zhang 2019)"
+
+    entries: list[ParamPlan] = []
+    lsuv_layers: dict[str, nn.Module] = {}
+    mha_children = {
+        f"{name}.{child}" if name else child
+        for name, mod in module.named_modules()
+        if isinstance(mod, nn.MultiheadAttention)
+        for child, _ in mod.named_children()
+    }
+    planned: set[int] = set()
+    for mname, mod in layers:
+        direct = [(pn, p) for pn, p in mod.named_parameters(recurse=False) if id(p) not in planned]
+        if not direct:
+            continue
+        planned |= {id(p) for _, p in direct}
+        rule = first_match(rule_list, mname, mod)
+        if nonlinearity_of(mod) is not None:  # PReLU & co: activation parameters stay as they are
+            report.skipped.append(mname or type(mod).__name__)
+            continue
+        module_skipped = (rule is not None and rule.scheme == "skip") or (rule is None and only_rules)
+        if rule is not None and rule.scheme != "skip":
+            sch, prm = rule.scheme, validate_scheme(rule.scheme, rule.params())
+            b = bias if rule.bias is None else rule.bias
+        else:
+            sch, prm, b = scheme, params, bias
+        if not module_skipped and sch == "lsuv":
+            if isinstance(mod, LSUV_LAYER_TYPES) and _has_plain_weight(mod) and mname not in mha_children:
+                lsuv_layers[mname] = mod
+                for pn, p in direct:
+                    qn = f"{mname}.{pn}" if mname else pn
+                    if "bias" in pn:
+                        entries.append(ParamPlan(qn, p, "bias", "constant", {"value": 0.0}, "zeros", report=False))
+                    elif p.ndim >= 2:
+                        fi, fo, _, _ = true_fans(mod, pn, p, flow, mname)
+                        entries.append(ParamPlan(qn, p, "lsuv", "orthogonal", {"gain": 1.0}, "lsuv", fi, fo))
+                continue
+            sch, prm = "auto", validate_scheme("auto", {})  # LSUV's base for layers it cannot rescale
+        mine: list[ParamPlan] = []
+        resolved: tuple[str, dict[str, Any], str] | None = None
+        for pn, p in direct:
+            qn = f"{mname}.{pn}" if mname else pn
+            others = tuple(o[0] for o in owners[id(p)] if o[0] != qn)
+            role = param_role(mod, pn, p)
+            if role == "free":
+                entry = _plan_free(qn, mod, p, first_match(rule_list, qn, mod), only_rules, report, others)
+            elif module_skipped:
+                continue
+            else:
+                entry = _plan_param(mname, mod, pn, p, qn, role, sch, prm, b, rule, flow, followers, report, resolved)
+                if entry is not None and role == "weight" and resolved is None and sch == "auto":
+                    resolved = (entry.scheme, entry.params, entry.label)
+            if entry is not None:
+                entry.tied = others
+                mine.append(entry)
+        if module_skipped and not mine:
+            report.skipped.append(mname or type(mod).__name__)
+        auto = rule is None and sch == "auto"
+        for entry in mine:
+            if auto:
+                _tie(entry, mname, tied_embeddings, readout_layers, summed_embeddings, id(entry.tensor) in raw_ids)
+            _preset(entry, mname, preset_scale, preset_zero_layers, preset_zero_norms)
+        entries += mine
+
+    return Plan(entries, report, lsuv_layers)
+
+
+def _is_output_layer(flow: DataFlow | None, name: str) -> bool:
+    """Whether every path from layer ``name`` reaches the model's output through transparent nodes only."""
+    if flow is None:
+        return False
+    for call in flow.calls(name):
+        stack, seen = [call.index], {call.index}
+        while stack:
+            i = stack.pop()
+            for c in flow.consumers(i):
+                node = flow.nodes[c]
+                logits = node.role == "activation" and node.follower == ("softmax", None)
+                if node.role != "transparent" and (node.module or not (logits or node.role == "other")):
+                    return False
+                if c not in seen:
+                    seen.add(c)
+                    stack.append(c)
+    return bool(flow.calls(name))
+
+
+def _plan_free(
+    qn: str,
+    mod: nn.Module,
+    p: Tensor,
+    rule: InitRule | None,
+    only_rules: bool,
+    report: InitReport,
+    others: tuple[str, ...],
+) -> ParamPlan | None:
+    """A free parameter: the rule naming it (matched on its qualified name), else its documented default."""
+    if (rule is not None and rule.scheme == "skip") or (rule is None and only_rules):
+        report.skipped.append(qn)
+        return None
+    if rule is not None and rule.scheme not in ("auto", "lsuv"):
+        prm = validate_scheme(rule.scheme, rule.params())
+        if rule.scheme in _FAN_SCHEMES | {"orthogonal"} and p.ndim < 2:
+            raise ValueError(
+                f"Rule {rule.describe()} gives the {p.ndim}-d free parameter {qn} the fan-based scheme "
+                f"{rule.scheme!r}, which needs >= 2 dimensions; use 'normal', 'trunc_normal' or 'constant'."
+            )
+        return ParamPlan(qn, p, "free", rule.scheme, prm, f"{rule.scheme} (rule)")
+    default = _free_default(qn, mod, p)
+    if default is None:
+        report.skipped.append(qn)
+        return None
+    sch, prm, label = default
+    return ParamPlan(qn, p, "free", sch, prm, label)
+
+
+def _plan_param(
+    mname: str,
+    mod: nn.Module,
+    pn: str,
+    p: Tensor,
+    qn: str,
+    role: Role,
+    sch: str,
+    prm: dict[str, Any],
+    b: float,
+    rule: InitRule | None,
+    flow: DataFlow | None,
+    followers: dict[str, Follower],
+    report: InitReport,
+    resolved: tuple[str, dict[str, Any], str] | None,
+) -> ParamPlan | None:
+    """The plan of one parameter of a layer from its role (the per-kind planners)."""
+    if role in ("bias", "norm_bias"):
+        return ParamPlan(qn, p, "bias", "constant", {"value": b if role == "bias" else 0.0}, "bias", report=False)
+    if role == "norm_weight":
+        if sch == "auto" and rule is None and p.numel() and bool((p.detach() == 0).all()):
+            note = "auto keeps the model's own zero init of this norm weight (zero-init-last design)"
+            return ParamPlan(qn, p, "norm", "keep", {}, "zeros (kept)", note=note, deliberate_zero=True)
+        return ParamPlan(qn, p, "norm", "ones", {}, "ones")
+    if role == "embedding":
+        pad = getattr(mod, "padding_idx", None)
+        if rule is None or sch == "auto":
+            return ParamPlan(qn, p, "embedding", "normal", {"mean": 0.0, "std": 1.0}, "normal", padding_idx=pad)
+        concrete, cprm, label = _resolve(sch, prm, mname, mod, followers, report)
+        fi, fo = int(p.shape[1]), int(p.shape[0])
+        return ParamPlan(qn, p, "embedding", concrete, cprm, label, fi, fo, padding_idx=pad)
+    if role in ("recurrent", "attention"):
+        if p.ndim < 2:
+            return None
+        concrete, cprm = auto_scheme(None) if sch == "auto" else (sch, prm)
+        label = f"auto: {concrete}" if sch == "auto" else sch
+        if role == "recurrent":
+            blocks = _gates(mod) if "weight_ih" in pn or "weight_hh" in pn else 1
+        else:
+            blocks = 3 if pn == "in_proj_weight" else 1
+        ortho = role == "recurrent" and "weight_hh" in pn
+        fo, fi = int(p.shape[0]) // blocks, int(p.shape[1])
+        kind: Kind = "recurrent" if role == "recurrent" else "weight"
+        return ParamPlan(
+            qn, p, kind, concrete, cprm, "orthogonal" if ortho else label, fi, fo, blocks=blocks, orthogonal=ortho
+        )
+    # a layer weight: fans from use, the follower's scheme, fused blocks
+    fi, fo, dim, note = true_fans(mod, pn, p, flow, mname)
+    if sch == "auto" and type(mod).__name__ == "NonDynamicallyQuantizableLinear":  # nn.MultiheadAttention.out_proj
+        concrete, cprm = auto_scheme(None)
+        label = f"auto: {concrete}"
+    elif resolved is not None:
+        concrete, cprm, label = resolved
+    else:
+        concrete, cprm, label = _resolve(sch, prm, mname, mod, followers, report)
+    blocks = 1
+    if p.ndim == 2:
+        out_f = int(p.shape[dim])
+        blocks, fused_note = _fused_blocks(mod, mname, flow, out_f, int(p.shape[1 - dim]))
+        if blocks > 1:
+            fo = out_f // blocks
+            note = "; ".join(x for x in (note, fused_note) if x)
+    return ParamPlan(qn, p, "weight", concrete, cprm, label, fi, fo, blocks=blocks, block_dim=dim, note=note)
+
+
+def _resolve(
+    sch: str, prm: dict[str, Any], mname: str, mod: nn.Module, followers: dict[str, Follower], report: InitReport
+) -> tuple[str, dict[str, Any], str]:
+    if sch == "auto":
+        return _resolve_auto(mname, mod, prm, followers, report)
+    return sch, prm, sch
+
+
+def _tie(
+    entry: ParamPlan,
+    mname: str,
+    tied_embeddings: set[str],
+    readout_layers: set[str],
+    summed_embeddings: set[str],
+    raw: bool,
+) -> None:
+    """Under ``auto``: a tensor tied between an embedding and an output layer gets one scheme right for both roles.
+
+    Its embedding output normalized before any layer (transformers): the readout, std ``1/d`` (the embedding role
+    is scale-free). Its embedding output feeding a layer as it is (an RNN LM): Xavier on ``(d, vocab)``, a
+    compromise that keeps both the RNN's input and the logits at a moderate scale.
+    """
+    if raw and ((entry.kind == "embedding" and mname in tied_embeddings) or mname in readout_layers) and entry.tied:
+        entry.scheme, entry.params = "xavier_normal", {"gain": 1.0}
+        entry.label = "auto: xavier_normal (tied embedding + output)"
+        entry.fan_in, entry.fan_out = int(entry.tensor.shape[1]), int(entry.tensor.shape[0])
+        entry.note = "tied: its embedding output feeds a layer unnormalized, so Xavier serves both roles"
+    elif entry.kind == "embedding" and mname in tied_embeddings and entry.tied:
+        entry.scheme, entry.params, entry.label = READOUT, {}, "auto: readout N(0, 1/d^2) (tied embedding + output)"
+        entry.fan_in, entry.fan_out = int(entry.tensor.shape[1]), int(entry.tensor.shape[0])
+        entry.note = "tied: one tensor for the embedding and the output layer; the readout keeps the logits near 0"
+    elif entry.kind == "embedding" and mname in summed_embeddings:
+        d = int(entry.tensor.shape[1])
+        entry.params = {"mean": 0.0, "std": 1.0 / d}
+        entry.label = "auto: normal(std=1/d) (added to a tied embedding)"
+        entry.note = "added to the tied embedding's output: the same std, so neither dominates the sum"
+    elif entry.kind == "weight" and entry.report and mname in readout_layers and entry.tied:
+        entry.scheme, entry.params, entry.label = READOUT, {}, "auto: readout N(0, 1/fan_in^2) (tied output)"
+        entry.note = "tied: one tensor for the output layer and an embedding; the readout keeps the logits near 0"
+
+
+def _preset(
+    entry: ParamPlan,
+    mname: str,
+    preset_scale: dict[str, tuple[float, str]],
+    preset_zero_layers: dict[str, str],
+    preset_zero_norms: dict[str, str],
+) -> None:
+    """Residual presets on one planned entry (a preset overrides a kept zero, as documented)."""
+    if entry.kind == "weight" and entry.report and mname in preset_zero_layers:
+        entry.scheme, entry.params, entry.label = "zeros", {}, "zeros"
+        entry.note, entry.deliberate_zero = preset_zero_layers[mname], True
+    elif entry.kind == "weight" and entry.report and mname in preset_scale:
+        entry.scale, why = preset_scale[mname]
+        entry.label += f" x {entry.scale:.4g}"
+        entry.note = "; ".join(x for x in (entry.note, why) if x)
+    if entry.kind == "norm" and mname in preset_zero_norms:
+        entry.scheme, entry.label, entry.note, entry.deliberate_zero = "zeros", "zeros", preset_zero_norms[mname], True
+
+
+# ====================================================================================================================
+# Appliers: one small function per kind; sampling through lightning_init.schemes (torch.nn.init semantics).
+# ====================================================================================================================
+
+
+def _sample_(t: Tensor, entry: ParamPlan, gen: torch.Generator) -> None:
+    """Draw ``entry``'s scheme into ``t`` (one block) with the entry's true fans."""
+    sch, prm = entry.scheme, entry.params
+    if entry.orthogonal:
+        orthogonal_(t, 1.0, gen)
+    elif sch == READOUT:
+        assert entry.fan_in is not None
+        normal_(t, 0.0, 1.0 / entry.fan_in, gen)
+    elif sch in _FAN_SCHEMES and entry.fan_in is not None and entry.fan_out is not None:
+        std = expected_std(sch, (entry.fan_out, entry.fan_in), prm)
+        if sch.endswith("uniform"):
+            uniform_(t, -math.sqrt(3.0) * std, math.sqrt(3.0) * std, gen)
+        else:
+            normal_(t, 0.0, std, gen)
+    elif sch == "trunc_normal":
+        trunc_normal_(t, prm["mean"], prm["std"], prm["a"], prm["b"], gen)
+    else:
+        apply_scheme_(t, sch, prm, gen)
+
+
+def _expected(entry: ParamPlan) -> float:
+    sch, prm = ("orthogonal", {"gain": 1.0}) if entry.orthogonal else (entry.scheme, entry.params)
+    if sch == "keep":
+        return math.nan
+    if sch == READOUT:
+        assert entry.fan_in is not None
+        return 1.0 / entry.fan_in
+    if sch in _FAN_SCHEMES and entry.fan_in is not None and entry.fan_out is not None:
+        return expected_std(sch, (entry.fan_out, entry.fan_in), prm) * entry.scale
+    shape = tuple(entry.tensor.shape)
+    if entry.blocks > 1:
+        shape = (shape[0] // entry.blocks, *shape[1:]) if entry.block_dim == 0 else (shape[0], shape[1] // entry.blocks)
+    if sch == "orthogonal" and len(shape) < 2:
+        return math.nan
+    return expected_std(sch, shape, prm) * entry.scale
+
+
+def _blocks(entry: ParamPlan) -> list[Tensor]:
+    t = entry.tensor
+    if entry.blocks == 1:
+        return [t]
+    return list(t.chunk(entry.blocks, dim=entry.block_dim))
+
+
+def init_weight_(entry: ParamPlan, gen: torch.Generator) -> None:
+    """Weights (layers, fused blocks, recurrent gate blocks): each block drawn with its fans, then scaled."""
+    for block in _blocks(entry):
+        if entry.blocks > 1 and not block.is_contiguous():
+            tmp = torch.empty_like(block)
+            _sample_(tmp, entry, gen)
+            block.copy_(tmp)
+        else:
+            _sample_(block, entry, gen)
+    if entry.scale != 1.0:
+        entry.tensor.mul_(entry.scale)
+
+
+def init_constant_(entry: ParamPlan, gen: torch.Generator) -> None:
+    """Biases, norm weights and biases, kept tensors."""
+    if entry.scheme == "keep":
+        return
+    apply_scheme_(entry.tensor, entry.scheme, entry.params, gen)
+
+
+def init_embedding_(entry: ParamPlan, gen: torch.Generator) -> None:
+    """Embedding tables: the scheme (or the readout), then the padding row zero."""
+    init_weight_(entry, gen)
+    if entry.padding_idx is not None:
+        entry.tensor[entry.padding_idx].fill_(0.0)
+
+
+def init_free_(entry: ParamPlan, gen: torch.Generator) -> None:
+    """Free parameters: the documented default or the rule's scheme (never fan-based unless the rule says so)."""
+    if entry.scheme == "keep":
+        return
+    if entry.scheme in _FAN_SCHEMES | {"orthogonal"}:
+        apply_scheme_(entry.tensor, entry.scheme, entry.params, gen)
+    else:
+        _sample_(entry.tensor, entry, gen)
+
+
+_APPLIERS: dict[str, Callable[[ParamPlan, torch.Generator], None]] = {
+    "weight": init_weight_,
+    "recurrent": init_weight_,
+    "lsuv": init_weight_,
+    "bias": init_constant_,
+    "norm": init_constant_,
+    "embedding": init_embedding_,
+    "free": init_free_,
+}
+
+
+def apply_plan(plan: Plan, generator: torch.Generator) -> InitReport:
+    """Write every entry of ``plan`` (under ``torch.no_grad()``) and fill the report's rows."""
+    report = plan.report
+    with torch.no_grad():
+        for entry in plan.entries:
+            _APPLIERS[entry.kind](entry, generator)
+            if not entry.report:
+                continue
+            gain = None if entry.orthogonal else scheme_gain(entry.scheme, entry.params)
+            if entry.orthogonal:
+                gain = 1.0
+            label = entry.label + (f" x{entry.blocks} blocks" if entry.blocks > 1 else "")
+            report.rows.append(
+                LayerInit(entry.name, tuple(entry.tensor.shape), label, entry.fan_in, entry.fan_out, gain,
+                          _expected(entry), _std(entry.tensor), entry.tied, entry.note)
+            )  # fmt: skip
+    return report
+
+
+# ====================================================================================================================
+# init_module
+# ====================================================================================================================
+
+
+def materialize_(module: nn.Module, run: Callable[[], Any]) -> None:
+    """Materialize lazy parameters by one dry forward ``run()``: no_grad, eval mode, torch's RNG forked, flags restored.
+
+    Raises:
+        ValueError: When parameters are still uninitialized after the forward (they were not used).
+    """
+    if not any(_is_lazy(p) for p in module.parameters()):
+        return
+    flags = [(m, m.training) for m in module.modules()]
+    try:
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            for m, _ in flags:
+                m.training = False
+            run()
+    finally:
+        for m, training in flags:
+            m.training = training
+    left = [n for n, p in module.named_parameters() if _is_lazy(p)]
+    if left:
+        raise ValueError(
+            f"Parameters {', '.join(left[:5])} are still lazy after a forward: the forward never used them."
+        )
+
+
 def init_module(
     module: nn.Module,
     scheme: SchemeName = "auto",
@@ -211,26 +1041,31 @@ def init_module(
     example_input: Any = None,
     nonlinearity: str | None = None,
     only_rules: bool = False,
+    residual: ResidualPreset = "none",
     lsuv_batch: Any = None,
     lsuv_forward: Callable[[nn.Module, Any], Any] | None = None,
     lsuv_tol: float = 0.1,
     lsuv_max_iters: int = 10,
     **scheme_params: Any,
 ) -> InitReport:
-    """Initialize every layer of ``module`` in place and return an :class:`InitReport`.
+    """Initialize every parameter of ``module`` in place and return an :class:`InitReport`.
 
     Args:
         module: Any ``nn.Module`` (a LightningModule, or a bare model inside ``configure_model``).
         scheme: The scheme for layers no rule matches (see :data:`~lightning_init.schemes.SchemeName`).
-        rules: Per-layer overrides, first match wins (:class:`~lightning_init.rules.InitRule` or dicts).
+        rules: Per-layer overrides, first match wins (:class:`~lightning_init.rules.InitRule` or dicts); a rule's
+            ``name`` may also name a free parameter (``"cls_token"``, ``"encoder.pos_embed"``).
         bias: Constant for biases.
         seed: Makes the result reproducible, independent of torch's global RNG.
         generator: A CPU ``torch.Generator`` to draw from instead of ``seed``.
-        example_input: A sample input for ``auto`` (one side-effect-free forward records execution order); tuples are
-            unpacked as positional arguments, dicts as keyword arguments.
+        example_input: A sample input: one side-effect-free traced forward gives the data flow (followers, true fans,
+            fused splits, residual branches) and materializes lazy modules; tuples are unpacked as positional
+            arguments, dicts as keyword arguments. Without it, ``torch.fx`` is tried, then ``nn.Sequential`` order.
         nonlinearity: For ``auto``, the follower of every layer (overrides detection); for Kaiming / Xavier /
             orthogonal, the nonlinearity of the gain.
         only_rules: Leave layers that no rule matches untouched (fine-tuning: you loaded the weights yourself).
+        residual: A residual preset: ``"none"``, ``"zero_last_norm"``, ``"scaled"`` or ``"fixup"`` (see the module
+            docstring); needs the data flow.
         lsuv_batch: A batch of real inputs, required when ``scheme`` or a rule is ``lsuv`` (on the module's device).
         lsuv_forward: ``lsuv_forward(module, batch)`` runs the model on ``lsuv_batch``; default ``module(batch)`` for
             a tensor, ``module(batch[0])`` for a tuple/list, ``module(batch["x"])`` for a mapping.
@@ -242,16 +1077,19 @@ def init_module(
         The per-layer report. Torch's global RNG state is unchanged.
 
     Raises:
-        ValueError: Unknown scheme or parameter, out-of-range value, a rule matching no layer, or ``lsuv`` without a
-            usable ``lsuv_batch`` (all checked before any parameter changes).
+        ValueError: Unknown scheme, preset or parameter, out-of-range value, a rule matching no layer, ``lsuv``
+            without a usable ``lsuv_batch``, lazy parameters without an input to materialize them, a residual preset
+            without a data flow (all checked before any parameter changes).
 
     Warns:
         UserWarning: Once for layers ``auto`` could not resolve, once for layers left with identical output units,
             once for layers LSUV could not bring to unit variance (named, with the reason).
     """
-    params = validate_scheme(scheme, {**scheme_params, "nonlinearity": nonlinearity})
+    validate_scheme(scheme, {**scheme_params, "nonlinearity": nonlinearity})
+    check_choice("residual", residual, RESIDUAL_PRESETS)
     rule_list = as_rules(rules)
-    if scheme == "lsuv" or any(r.scheme == "lsuv" for r in rule_list):
+    uses_lsuv = scheme == "lsuv" or any(r.scheme == "lsuv" for r in rule_list)
+    if uses_lsuv:
         if lsuv_batch is None:
             raise ValueError(
                 "Scheme 'lsuv' is data-dependent: pass `lsuv_batch` (a batch of real inputs on the module's device), "
@@ -260,142 +1098,35 @@ def init_module(
         check_lsuv_args(lsuv_tol, lsuv_max_iters, lsuv_batch, lsuv_forward, prefix="lsuv_")
         if scheme == "lsuv" and bias != 0.0:
             raise ValueError(f"`bias`={bias!r} cannot be used with scheme 'lsuv': LSUV zeros the biases it rescales.")
-    layers = [
-        (name, mod) for name, mod in module.named_modules() if next(mod.parameters(recurse=False), None) is not None
-    ]
-    check_all_match(rule_list, layers)
     gen = _private_generator(seed, generator)
-    report = InitReport(bias=bias, seed=seed)
-    followers: dict[str, Follower] | None = None
-    mha_children = {
-        f"{name}.{child}" if name else child
-        for name, mod in module.named_modules()
-        if isinstance(mod, nn.MultiheadAttention)
-        for child, _ in mod.named_children()
-    }
+    flow = None
+    if example_input is not None:
+        flow = dataflow(module, example_input)  # also materializes lazy modules
+    elif uses_lsuv and any(_is_lazy(p) for p in module.parameters()):
+        from lightning_init.lsuv import default_forward
 
-    def followers_map() -> dict[str, Follower]:
-        nonlocal followers
-        if followers is None:
-            followers = sequential_followers(module)
-            if example_input is not None:
-                followers.update(traced_followers(module, example_input))
-        return followers
+        run = lsuv_forward or default_forward
+        materialize_(module, lambda: run(module, lsuv_batch))
+        flow = dataflow(module, None)
+    else:
+        flow = dataflow(module, None)
+    plan = plan_init(
+        module, scheme, rules=rule_list, bias=bias, nonlinearity=nonlinearity, only_rules=only_rules,
+        residual=residual, flow=flow, **scheme_params,
+    )  # fmt: skip
+    report = apply_plan(plan, gen)
+    report.seed = seed
+    if plan.lsuv_layers:
+        with torch.no_grad():
+            _lsuv_into(report, module, plan.lsuv_layers, lsuv_batch, lsuv_forward, lsuv_tol, lsuv_max_iters)
 
-    def resolve(name: str, mod: nn.Module, sch: str, prm: dict[str, Any]) -> tuple[str, dict[str, Any], str]:
-        """(concrete scheme, its params, report label) for one layer."""
-        if sch != "auto":
-            return sch, prm, sch
-        if isinstance(mod, (nn.RNNBase, nn.RNNCellBase, nn.MultiheadAttention)) or name in mha_children:
-            concrete, cprm = auto_scheme(None)  # gates are sigmoid/tanh; attention output is linear
-            return concrete, cprm, f"auto: {concrete}"
-        if prm.get("nonlinearity") is not None:
-            follower: Follower = (prm["nonlinearity"], prm.get("a"))
-        elif name in followers_map():
-            follower = followers_map()[name]
-        else:
-            report.unresolved.append(name or type(mod).__name__)
-            concrete, cprm = auto_scheme(None)
-            return concrete, cprm, f"auto: {concrete} (unresolved)"
-        concrete, cprm = auto_scheme(*follower)
-        return concrete, cprm, f"auto: {concrete} ({follower[0]})"
-
-    def init_weight(
-        label: str, tensor: Tensor, sch: str, prm: dict[str, Any], blocks: int = 1, ortho: bool = False
-    ) -> None:
-        rows = tensor.shape[0] // blocks
-        for k in range(blocks):
-            block = tensor[k * rows : (k + 1) * rows] if blocks > 1 else tensor
-            if ortho:
-                orthogonal_(block, 1.0, gen)
-            else:
-                apply_scheme_(block, sch, prm, gen)
-        shape = (rows, *tensor.shape[1:])
-        fan_in, fan_out = fans(shape) if tensor.ndim >= 2 else (None, None)
-        used, used_prm = ("orthogonal", {"gain": 1.0}) if ortho else (sch, prm)
-        gain = scheme_gain(used, used_prm)
-        suffix = f" x{blocks} blocks" if blocks > 1 else ""
-        scheme_label = ("orthogonal" if ortho else label) + suffix
-        report.rows.append(
-            LayerInit(label_name(tensor), tuple(tensor.shape), scheme_label, fan_in, fan_out, gain,
-                      expected_std(used, shape, used_prm), _std(tensor))
-        )  # fmt: skip
-
-    names: dict[int, str] = {}
-    lsuv_layers: dict[str, nn.Module] = {}
-
-    def label_name(tensor: Tensor) -> str:
-        return names[id(tensor)]
-
-    with torch.no_grad():
-        for name, mod in layers:
-            # A parameter tied into several modules is initialized (and reported) once, under its first name.
-            direct = [(pname, p) for pname, p in mod.named_parameters(recurse=False) if id(p) not in names]
-            if not direct:
-                continue
-            for pname, p in direct:
-                names[id(p)] = f"{name}.{pname}" if name else pname
-            rule = first_match(rule_list, name, mod)
-            if (rule is not None and rule.scheme == "skip") or (rule is None and only_rules):
-                report.skipped.append(name or type(mod).__name__)
-                continue
-            if nonlinearity_of(mod) is not None:  # PReLU & co: activation parameters stay as they are
-                report.skipped.append(name or type(mod).__name__)
-                continue
-            if rule is not None:
-                sch, prm = rule.scheme, validate_scheme(rule.scheme, rule.params())
-                b = bias if rule.bias is None else rule.bias
-            else:
-                sch, prm, b = scheme, params, bias
-            if sch == "lsuv":
-                if isinstance(mod, LSUV_LAYER_TYPES) and _has_plain_weight(mod) and name not in mha_children:
-                    lsuv_layers[name] = mod
-                    for pname, p in direct:
-                        if "bias" in pname:
-                            p.fill_(0.0)
-                        elif p.ndim >= 2:
-                            init_weight("lsuv", p, "orthogonal", {"gain": 1.0})
-                    continue
-                sch, prm = "auto", validate_scheme("auto", {})  # LSUV's base for layers it cannot rescale
-            if is_norm(mod):
-                for pname, p in direct:
-                    p.fill_(0.0 if "bias" in pname else 1.0)
-                    if "bias" not in pname:
-                        report.rows.append(
-                            LayerInit(names[id(p)], tuple(p.shape), "ones", None, None, None, 0.0, _std(p))
-                        )
-                continue
-            if isinstance(mod, (nn.Embedding, nn.EmbeddingBag)) and (rule is None or sch == "auto"):
-                sch, prm = "normal", {"mean": 0.0, "std": 1.0}
-            resolved: tuple[str, dict[str, Any], str] | None = None
-            recurrent = isinstance(mod, (nn.RNNBase, nn.RNNCellBase))
-            for pname, p in direct:
-                if "bias" in pname:
-                    p.fill_(b)
-                    continue
-                if p.ndim < 2:
-                    continue
-                if resolved is None:
-                    resolved = resolve(name, mod, sch, prm) if is_layer(mod) else (sch, prm, sch)
-                concrete, cprm, label = resolved
-                if recurrent:
-                    blocks = _gates(mod) if "weight_ih" in pname or "weight_hh" in pname else 1
-                    init_weight(label, p, concrete, cprm, blocks, ortho="weight_hh" in pname)
-                elif isinstance(mod, nn.MultiheadAttention) and pname == "in_proj_weight":
-                    init_weight(label, p, concrete, cprm, 3)
-                else:
-                    init_weight(label, p, concrete, cprm)
-            pad = getattr(mod, "padding_idx", None)
-            if isinstance(mod, nn.Embedding) and pad is not None:
-                mod.weight[pad].fill_(0.0)
-
-        if lsuv_layers:
-            _lsuv_into(report, module, lsuv_layers, lsuv_batch, lsuv_forward, lsuv_tol, lsuv_max_iters)
-
-        initialized = {r.layer for r in report.rows}
-        for pname, p in module.named_parameters():
-            if pname in initialized and p.ndim >= 2 and not p.is_meta and _identical_rows(p):
-                report.symmetric.append(pname)
+    deliberate = {e.name for e in plan.entries if e.deliberate_zero}
+    initialized = {r.layer for r in report.rows} - deliberate
+    for e in plan.entries:
+        p = e.tensor
+        checked = e.name in initialized and e.kind in ("weight", "lsuv") and p.ndim >= 2 and not p.is_meta
+        if checked and _identical_rows(p if e.block_dim == 0 else p.transpose(0, 1)):
+            report.symmetric.append(e.name)
 
     if report.unresolved:
         warnings.warn(
@@ -443,3 +1174,20 @@ def _lsuv_into(
             row.gain, row.expected_std, row.actual_std = None, math.nan, _std(weight)
         else:
             row.scheme = "lsuv: orthogonal (not rescaled)"
+
+
+__all__ = [
+    "FREE_PARAMETER_DEFAULTS",
+    "RESIDUAL_PRESETS",
+    "InitReport",
+    "LayerInit",
+    "ParamPlan",
+    "Plan",
+    "ResidualPreset",
+    "apply_plan",
+    "init_module",
+    "materialize_",
+    "param_role",
+    "plan_init",
+    "true_fans",
+]

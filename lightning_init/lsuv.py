@@ -177,7 +177,7 @@ def lsuv_(
     check_lsuv_args(tol, max_iters)
     if forward is None:
         _check_default_batch(batch)
-    run_forward = forward if forward is not None else _default_forward
+    run_forward = forward if forward is not None else default_forward
     named = dict(module.named_modules(remove_duplicate=True))
     selected = _select(named, layers)
 
@@ -247,7 +247,11 @@ class _StopForward(Exception):
     """Raised from a forward hook once the measured layer has produced all its outputs: the rest is not needed."""
 
 
-def _default_forward(module: nn.Module, batch: Any) -> Any:
+def default_forward(module: nn.Module, batch: Any) -> Any:
+    """The default forward of LSUV and of lazy materialization on a batch.
+
+    ``module(batch)`` for a tensor, ``module(batch[0])`` for a tuple/list, ``module(batch["x"])`` for a mapping.
+    """
     if isinstance(batch, Tensor):
         return module(batch)
     if isinstance(batch, (tuple, list)):

@@ -1,8 +1,10 @@
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_init.activations import is_layer, is_norm, nonlinearity_of, sequential_followers, traced_followers
+from lightning_init.activations import is_layer, is_norm, nonlinearity_of
+from lightning_init.graph import sequential_followers, traced_followers
 
 
 class Functional(nn.Module):
@@ -54,3 +56,66 @@ def test_traced_followers_leave_bn_statistics_alone():
     before = m[1].running_mean.clone()
     assert traced_followers(m, torch.randn(8, 3) + 5) == {"0": ("relu", None)}
     assert torch.equal(m[1].running_mean, before)
+
+
+# ---------------------------------------------------------------- classification by behaviour (the probe)
+
+
+class GeluNew(nn.Module):
+    """gelu_new as HF writes it: calls torch.tanh inside, and is still a GELU."""
+
+    def forward(self, x):
+        return 0.5 * x * (1.0 + torch.tanh(0.7978845608 * (x + 0.044715 * torch.pow(x, 3.0))))
+
+
+class QuickGELU(nn.Module):
+    def forward(self, x):
+        return x * torch.sigmoid(1.702 * x)
+
+
+class Square(nn.Module):
+    def forward(self, x):
+        return x * x
+
+
+class Scale(nn.Module):
+    def forward(self, x):
+        return x * 1.0
+
+
+def test_probe_recognizes_unknown_modules_by_behaviour():
+    from lightning_init.activations import classify
+
+    assert classify(GeluNew()) == ("gelu", None)
+    assert classify(QuickGELU()) == ("gelu", None)
+    assert classify(Square()) == ("other", None)  # elementwise, nonlinear, close to no reference
+    assert classify(Scale()) == ("identity", None)
+    assert nonlinearity_of(Scale()) is None  # passes values through: not an activation
+    assert classify(nn.Softmax(dim=-1)) is None  # not elementwise
+    assert classify(nn.Sequential(nn.ReLU())) is None  # blocks are never probed
+    assert classify(nn.Softsign()) == ("tanh", None)
+    assert nonlinearity_of(nn.Hardswish()) == "silu"
+
+
+def test_probe_finds_leaky_slope_and_is_side_effect_free():
+    from lightning_init.activations import classify
+
+    class Leaky(nn.Module):
+        def forward(self, x):
+            return torch.where(x > 0, x, 0.2 * x)
+
+    m = Leaky().train()
+    state = torch.get_rng_state()
+    kind, slope = classify(m)
+    assert kind == "leaky_relu"
+    assert slope == pytest.approx(0.2, abs=1e-6)
+    assert m.training
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_hf_activation_classes():
+    pytest.importorskip("transformers")
+    from transformers.activations import GELUActivation, NewGELUActivation, QuickGELUActivation
+
+    for cls in (GELUActivation, NewGELUActivation, QuickGELUActivation):
+        assert nonlinearity_of(cls()) == "gelu", cls.__name__

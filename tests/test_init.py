@@ -36,10 +36,23 @@ def test_auto_on_sequential():
     assert [r.layer for r in report.rows] == ["0.weight", "2.weight", "4.weight"]
 
 
+class DataDependent(CallsActivations):
+    def forward(self, x):
+        if x.sum() > 0:  # data-dependent control flow: torch.fx cannot trace it symbolically
+            x = x + 0
+        return super().forward(x)
+
+
 def test_auto_on_module_calling_activations_in_forward():
-    m = CallsActivations()
+    m = DataDependent()
     with pytest.warns(UserWarning, match=r"could not tell.*first, second, third"):
-        init_module(m, seed=0)  # no example input: nothing resolvable, one warning naming all three
+        init_module(m, seed=0)  # no example input, no symbolic trace: nothing resolvable, one warning naming all three
+    init_module(m, seed=0, example_input=torch.randn(2, 1000))
+    for scheme_input in ({}, {"example_input": torch.randn(2, 1000)}):  # torch.fx traces the plain one without input
+        init_module(m := CallsActivations(), seed=0, **scheme_input)
+        assert _std(m.first.weight) == pytest.approx(XAVIER, rel=TOL)
+        assert _std(m.second.weight) == pytest.approx(KAIMING, rel=TOL)
+    m = DataDependent()
     init_module(m, seed=0, example_input=torch.randn(2, 1000))
     assert _std(m.first.weight) == pytest.approx(XAVIER, rel=TOL)
     assert _std(m.second.weight) == pytest.approx(KAIMING, rel=TOL)

@@ -256,7 +256,10 @@ class _LayerMonitor(Callback):
         return not any(fnmatch.fnmatchcase(name, g) for g in self.exclude)
 
     def _watched_parameters(self, pl_module: "pl.LightningModule") -> list[tuple[str, nn.Parameter]]:
-        """Parameters in registration order, tied ones once; with ``module_types`` only those owned by such modules."""
+        """Parameters in registration order, tied ones once; with ``module_types`` only those owned by such modules.
+
+        Unmaterialized lazy parameters are left out until a forward materializes them.
+        """
         if not self.module_types:
             named = [(original_name(n), p) for n, p in pl_module.named_parameters()]
         else:
@@ -271,7 +274,10 @@ class _LayerMonitor(Callback):
                         named.append((original_name(pname), p))
             order = {id(p): i for i, (_, p) in enumerate(pl_module.named_parameters())}
             named.sort(key=lambda item: order.get(id(item[1]), len(order)))
-        return [(n, p) for n, p in named if self._selected(n)]
+        # a lazy module's parameters (nn.LazyLinear) exist only after its first forward: skipped until then
+        return [
+            (n, p) for n, p in named if self._selected(n) and not isinstance(p, nn.parameter.UninitializedParameter)
+        ]
 
     @override
     def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:

@@ -19,10 +19,11 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
 from lightning_init.callbacks._compat import sharded_strategy
-from lightning_init.init import InitReport, init_module
-from lightning_init.lsuv import check_lsuv_args
+from lightning_init.graph import call_with, to_device
+from lightning_init.init import RESIDUAL_PRESETS, InitReport, ResidualPreset, init_module, materialize_
+from lightning_init.lsuv import check_lsuv_args, default_forward
 from lightning_init.rules import InitRule, as_rules
-from lightning_init.schemes import DATA_SCHEMES, FanMode, Nonlinearity, SchemeName, validate_scheme
+from lightning_init.schemes import DATA_SCHEMES, FanMode, Nonlinearity, SchemeName, check_choice, validate_scheme
 from lightning_init.writers import log_text
 
 if TYPE_CHECKING:
@@ -93,6 +94,12 @@ class WeightInit(Callback):
         lsuv_tol: LSUV's tolerance on each layer's output variance, ``|var - 1| <= lsuv_tol``, in ``(0, 1)``
             (default 0.1). Only with ``scheme="lsuv"`` or an ``lsuv`` rule.
         lsuv_max_iters: LSUV's maximum number of rescalings per layer, ``>= 1`` (default 10). Only with LSUV.
+        residual: A residual preset (``"none"``, ``"zero_last_norm"``, ``"scaled"``, ``"fixup"``; see
+            :func:`lightning_init.init_module`); needs ``example_input_array`` unless the model traces with torch.fx.
+
+    **Lazy modules** (``nn.LazyLinear``...): materialized by the dry forward of ``example_input_array``; without one,
+    initialization waits for the first training batch (as LSUV does) and materializes them with a dry forward of that
+    batch (the same conventions as LSUV: ``pl_module(batch)``, ``batch[0]``, ``batch["x"]`` or ``lsuv_forward``).
 
     Raises:
         ValueError: In ``__init__``, for an unknown scheme (with the closest name), a parameter the scheme does not
@@ -127,6 +134,7 @@ class WeightInit(Callback):
         weights_loaded: bool = False,
         lsuv_tol: OpenUnitInterval | None = None,
         lsuv_max_iters: PositiveInt | None = None,
+        residual: ResidualPreset = "none",
     ) -> None:
         params = {"mean": mean, "std": std, "a": a, "b": b, "mode": mode, "nonlinearity": nonlinearity}
         params |= {"gain": gain, "value": value}
@@ -139,6 +147,8 @@ class WeightInit(Callback):
         self.weights_loaded = weights_loaded
         self.lsuv_tol = 0.1 if lsuv_tol is None else lsuv_tol
         self.lsuv_max_iters = 10 if lsuv_max_iters is None else lsuv_max_iters
+        check_choice("residual", residual, RESIDUAL_PRESETS)
+        self.residual = residual
         self._data_dependent = scheme in DATA_SCHEMES or any(r.scheme in DATA_SCHEMES for r in self.rules)
         if self._data_dependent:
             check_lsuv_args(self.lsuv_tol, self.lsuv_max_iters, prefix="lsuv_")
@@ -180,7 +190,10 @@ class WeightInit(Callback):
             self._applied = True
             rank_zero_info("WeightInit: weights_loaded=True and no rules; weights left unchanged.")
             return
-        if self._data_dependent:
+        if _has_lazy(pl_module) and pl_module.example_input_array is not None:
+            x = to_device(pl_module.example_input_array, pl_module.device)
+            materialize_(pl_module, lambda: call_with(pl_module, x))  # before the monitors' first look, too
+        if self._data_dependent or _has_lazy(pl_module):
             self._pending = True  # applied at the first training batch: see on_train_batch_start
             return
         self._apply(trainer, pl_module, batch=None)
@@ -200,6 +213,9 @@ class WeightInit(Callback):
 
     def _apply(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", batch: Any) -> None:
         """Initialize, synchronize ranks, report. The one place a scheme is resolved and applied."""
+        if batch is not None and _has_lazy(pl_module) and pl_module.example_input_array is None:
+            run = _lsuv_forward(pl_module) or default_forward
+            materialize_(pl_module, lambda: run(pl_module, batch))
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             report = init_module(
@@ -214,6 +230,7 @@ class WeightInit(Callback):
                 lsuv_forward=_lsuv_forward(pl_module),
                 lsuv_tol=self.lsuv_tol,
                 lsuv_max_iters=self.lsuv_max_iters,
+                residual=self.residual,
                 **self.params,
             )
         _broadcast_from_rank_zero(trainer, pl_module)
@@ -238,6 +255,10 @@ def _lsuv_forward(pl_module: "pl.LightningModule") -> Callable[[torch.nn.Module,
     if not callable(method):
         return None
     return lambda _module, batch: method(batch)
+
+
+def _has_lazy(module: torch.nn.Module) -> bool:
+    return any(isinstance(p, torch.nn.parameter.UninitializedParameter) for p in module.parameters())
 
 
 def _broadcast_from_rank_zero(trainer: "pl.Trainer", module: torch.nn.Module) -> None:

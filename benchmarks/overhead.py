@@ -52,6 +52,7 @@ from torch import Tensor, nn
 
 from lightning_init import ActivationMonitor, GradientMonitor, WeightMonitor
 from lightning_init.models import BlobImagesDataModule, MLPClassifier, SmallCNN, TeacherDataModule
+from lightning_init.stats import DEFAULT_GRAD_STATS
 
 _PROC = psutil.Process()
 _MB = 1024.0**2
@@ -229,6 +230,15 @@ def build_configs(cadences: list[int], hist_every: int, wandb: Any) -> list[Conf
 
                 configs.append(Config(f"{which} e{every}{suffix}", monitors, every, hist))
     for every in cadences:
+        # the backprop signal (backward hooks on the logging steps) on top of the default gradient statistics
+        def backprop(tmp: str, e: int = every) -> list[Callback]:
+            return [
+                GradientMonitor(
+                    every_n_steps=e, histogram_every_n_steps=None, stats=[*DEFAULT_GRAD_STATS, "output_grad"]
+                )
+            ]
+
+        configs.append(Config(f"grad+output_grad e{every}", backprop, every))
 
         def naive(tmp: str, e: int = every) -> list[Callback]:
             return [NaiveMonitor(e)]

@@ -20,10 +20,19 @@ from lightning_init.stats import (
     HISTOGRAM_BINS,
     activation_row,
     first_float_tensor,
+    headroom_format,
+    headroom_row,
     histogram_columns,
 )
 
-__all__ = ["COMPILED_PREFIX", "ActivationRecorder", "HookSet", "compiled_regions", "original_name"]
+__all__ = [
+    "COMPILED_PREFIX",
+    "ActivationRecorder",
+    "HookSet",
+    "OutputGradRecorder",
+    "compiled_regions",
+    "original_name",
+]
 
 #: The attribute through which ``torch.compile``'s wrapper (``OptimizedModule``) holds the module it compiled; it shows
 #: up in qualified names (``net._orig_mod.0.weight``).
@@ -109,16 +118,26 @@ class ActivationRecorder:
         self.histograms: dict[str, dict[str, Tensor]] = {}
         self.bounded: dict[str, bool] = {}
         self._histograms = False
+        #: Module name -> per-call :func:`lightning_init.stats.headroom_row` of outputs in a 16-bit format.
+        self.headroom: dict[str, list[Tensor]] = {}
+        self._precision: str | None = None
 
     @property
     def active(self) -> bool:
         """Whether hooks are registered."""
         return len(self.hooks) > 0
 
-    def start(self, modules: Iterable[tuple[str, nn.Module]], *, histograms: bool = False) -> None:
-        """Register a forward hook on each ``(name, module)``; clears previous records."""
+    def start(
+        self, modules: Iterable[tuple[str, nn.Module]], *, histograms: bool = False, precision: str | None = None
+    ) -> None:
+        """Register a forward hook on each ``(name, module)``; clears previous records.
+
+        ``precision`` (Lightning's flag): outputs in a 16-bit format, or headed for one under mixed precision
+        (:func:`lightning_init.stats.headroom_format`), also get a headroom row per call.
+        """
         self.stop()
         self._histograms = histograms
+        self._precision = precision
         self.enabled = True
         for name, module in modules:
             nl = nonlinearity_of(module)
@@ -135,6 +154,9 @@ class ActivationRecorder:
                 return
             self.rows.setdefault(name, []).append(activation_row(out, bounds))
             self.numels.setdefault(name, []).append(out.numel())
+            fmt = headroom_format(out.dtype, self._precision)
+            if fmt is not None:
+                self.headroom.setdefault(name, []).append(headroom_row(out, fmt))
             if self._histograms and name not in self.histograms:
                 self.histograms[name] = histogram_columns([out], HISTOGRAM_BINS)
 
@@ -151,3 +173,80 @@ class ActivationRecorder:
         self.numels = {}
         self.histograms = {}
         self.bounded = {}
+        self.headroom = {}
+
+
+class OutputGradRecorder:
+    """Record small reductions of ``dL/d(output)`` of watched modules between :meth:`start` and :meth:`stop`.
+
+    A forward hook on each module attaches a *tensor* hook (``Tensor.register_hook``) to the module's output (the
+    first floating-point tensor of a tuple/list/dict output) when that output requires grad; during backward the
+    tensor hook receives ``dL/d(output)`` and appends one float32 row of :data:`lightning_init.stats.ACTIVATION_ROW`
+    (computed on the gradient's device, no host transfer) and its element count. The gradient is neither kept nor
+    changed (the hook returns ``None``), nothing is retained after backward, and the module's deprecated
+    ``register_backward_hook`` is never used.
+
+    Why tensor hooks and not ``register_full_backward_hook``: a full backward hook wraps the module's outputs in a
+    ``BackwardHookFunction`` view, so an ``inplace=True`` activation that follows the module (``Linear -> ReLU(
+    inplace=True)``) raises "a view ... is being modified inplace". A tensor hook registered on the output before
+    the in-place op receives the gradient of the output as the module returned it (PyTorch's documented semantics
+    for hooks registered before an in-place modification), which is what ``dL/dh`` means. A module called several
+    times (shared, several micro-batches) gets one row per call; the rows merge exactly
+    (:func:`lightning_init.reduce.local_moments`).
+
+    ``order`` keeps the position of each module's first forward call: the data-flow order (input -> output) that the
+    rows are reported in, although backward visits them in reverse.
+    """
+
+    def __init__(self) -> None:
+        self.hooks = HookSet()
+        self.enabled = True
+        self.rows: dict[str, list[Tensor]] = {}
+        self.numels: dict[str, list[int]] = {}
+        self.order: dict[str, int] = {}
+
+    @property
+    def active(self) -> bool:
+        """Whether forward hooks are registered."""
+        return len(self.hooks) > 0
+
+    def start(self, modules: Iterable[tuple[str, nn.Module]]) -> None:
+        """Register a forward hook on each ``(name, module)``; clears previous records."""
+        self.clear()
+        self.enabled = True
+        for name, module in modules:
+            self.hooks.add(module.register_forward_hook(self._forward_hook(name)))
+
+    def _forward_hook(self, name: str) -> Callable[[nn.Module, Any, Any], None]:
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            if not self.enabled:
+                return
+            out = first_float_tensor(output)
+            if out is None or not out.requires_grad:
+                return  # no_grad / inference (validation inside a logging step): no backward to watch
+            self.order.setdefault(name, len(self.order))
+            out.register_hook(self._tensor_hook(name))
+
+        return hook
+
+    def _tensor_hook(self, name: str) -> Callable[[Tensor], None]:
+        def hook(grad: Tensor) -> None:
+            self.rows.setdefault(name, []).append(activation_row(grad))
+            self.numels.setdefault(name, []).append(grad.numel())
+
+        return hook
+
+    def ordered_rows(self) -> dict[str, list[Tensor]]:
+        """The rows in data-flow order (first forward call), not in the backward order they arrived in."""
+        return {n: self.rows[n] for n in sorted(self.rows, key=lambda n: self.order.get(n, len(self.order)))}
+
+    def stop(self) -> None:
+        """Remove the forward hooks (tensor hooks already attached live and die with their step's graph)."""
+        self.hooks.remove()
+
+    def clear(self) -> None:
+        """Remove the hooks and drop every record."""
+        self.stop()
+        self.rows = {}
+        self.numels = {}
+        self.order = {}

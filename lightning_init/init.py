@@ -81,7 +81,7 @@ from torch import Tensor, nn
 
 from lightning_init.activations import Follower, is_norm, nonlinearity_of
 from lightning_init.graph import DataFlow, dataflow, sequential_followers
-from lightning_init.lsuv import LSUV_LAYER_TYPES, LSUVReport, check_lsuv_args, lsuv_
+from lightning_init.lsuv import LSUV_LAYER_TYPES, LSUVReport, check_lsuv_args, isolated, lsuv_
 from lightning_init.rules import InitRule, as_rules, check_all_match, first_match
 from lightning_init.schemes import (
     SchemeName,
@@ -110,8 +110,9 @@ ResidualPreset = Literal["none", "zero_last_norm", "scaled", "fixup"]
 RESIDUAL_PRESETS: tuple[str, ...] = get_args(ResidualPreset)
 
 #: Fan-based schemes: sampled here from the layer's true fans (a normal or uniform draw of the formula's std).
-_FAN_SCHEMES = frozenset({"xavier_normal", "xavier_uniform", "kaiming_normal", "kaiming_uniform", "lecun_normal"})
-_FAN_SCHEMES |= {"lecun_uniform"}
+_FAN_SCHEMES = frozenset(
+    {"xavier_normal", "xavier_uniform", "kaiming_normal", "kaiming_uniform", "lecun_normal", "lecun_uniform"}
+)
 
 #: Names of fused q/k/v projections, recognized without a traced forward when ``out = 3 x in``.
 _FUSED_NAMES = frozenset({"qkv", "c_attn", "in_proj", "query_key_value", "wqkv", "qkv_proj"})
@@ -1014,15 +1015,8 @@ def materialize_(module: nn.Module, run: Callable[[], Any]) -> None:
     """
     if not any(_is_lazy(p) for p in module.parameters()):
         return
-    flags = [(m, m.training) for m in module.modules()]
-    try:
-        with torch.random.fork_rng(devices=[]), torch.no_grad():
-            for m, _ in flags:
-                m.training = False
-            run()
-    finally:
-        for m, training in flags:
-            m.training = training
+    with isolated(module), torch.no_grad():  # eval mode, CPU and CUDA RNG forked, every flag restored
+        run()
     left = [n for n, p in module.named_parameters() if _is_lazy(p)]
     if left:
         raise ValueError(

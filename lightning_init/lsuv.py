@@ -193,7 +193,7 @@ def lsuv_(
             skipped[name] = "not in `layers`"
 
     records: list[LSUVLayer] = []
-    with _isolated(module), torch.no_grad():
+    with isolated(module), torch.no_grad():
         calls = _execution_order(module, batch, run_forward, [named[n] for n in selected if n not in skipped])
         order = [name for name, _ in sorted(((n, c) for n, c in calls.items()), key=lambda nc: nc[1][0])]
         for name in selected:
@@ -319,7 +319,7 @@ def _private_generator() -> torch.Generator:
 
 
 @contextmanager
-def _isolated(module: nn.Module) -> Iterator[None]:
+def isolated(module: nn.Module) -> Iterator[None]:
     """Eval mode on every submodule and a forked global RNG; restores each ``training`` flag exactly on exit."""
     flags = [(m, m.training) for m in module.modules()]
     devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []

@@ -44,17 +44,32 @@ def row_spread(weight: Tensor) -> Tensor:
 #: Statistics of a weight tensor (``weight_{stat}/{param}``). ``row_spread`` is computed only on request (not logged by
 #: default): it feeds the "symmetric" health verdict.
 WeightStat = Literal["mean", "std", "norm", "abs_max", "update_ratio", "row_spread"]
-#: Statistics of a gradient tensor (``grad_{stat}/{param}``), plus the ``grad_norm/total`` row.
-GradStat = Literal["norm", "mean", "std", "abs_max", "nonfinite", "ratio"]
+#: Statistics of a gradient tensor (``grad_{stat}/{param}``), plus the ``grad_norm/total`` row. ``output_grad`` is the
+#: backprop signal ``dL/dh`` of each module output (``output_grad_norm/{module}``, ``output_grad_std/{module}``, see
+#: :func:`output_grad_stats`); it needs backward hooks, so it is computed only on request (not logged by default).
+GradStat = Literal[
+    "norm", "mean", "std", "abs_max", "nonfinite", "ratio", "underflow", "overflow", "dynamic_range", "output_grad"
+]
 #: Statistics of a module output (``activation_{stat}/{module}``).
-ActivationStat = Literal["mean", "std", "signal_std", "abs_max", "zero_fraction", "saturation", "nonfinite"]
+ActivationStat = Literal[
+    "mean",
+    "std",
+    "signal_std",
+    "abs_max",
+    "zero_fraction",
+    "saturation",
+    "nonfinite",
+    "underflow",
+    "overflow",
+    "dynamic_range",
+]
 
 WEIGHT_STATS: tuple[str, ...] = get_args(WeightStat)
 GRAD_STATS: tuple[str, ...] = get_args(GradStat)
 ACTIVATION_STATS: tuple[str, ...] = get_args(ActivationStat)
 #: What each monitor logs by default.
 DEFAULT_WEIGHT_STATS: tuple[str, ...] = ("mean", "std", "norm", "abs_max", "update_ratio")
-DEFAULT_GRAD_STATS: tuple[str, ...] = GRAD_STATS
+DEFAULT_GRAD_STATS: tuple[str, ...] = tuple(s for s in GRAD_STATS if s != "output_grad")
 DEFAULT_ACTIVATION_STATS: tuple[str, ...] = ACTIVATION_STATS
 
 #: A bounded activation's output is "saturated" when it lies closer than this to a bound of its range (in output
@@ -389,3 +404,104 @@ def activation_row(output: Tensor, bounds: tuple[float, float] | None = None) ->
             torch.full((), float(signal_dof), device=x.device),
         ]
     )
+
+
+# ------------------------------------------------------------------------------------------ backprop signal
+
+#: Statistics of the backprop signal ``dL/dh`` of a module output ``h`` (``output_grad_{stat}/{module}``).
+OUTPUT_GRAD_STATS: tuple[str, ...] = ("norm", "std")
+
+
+def output_grad_stats(numel: float, mean: float, std: float, *, scale: float = 1.0) -> dict[str, float]:
+    """``norm`` (L2) and ``std`` of a module's ``dL/dh`` from its merged moments, divided by ``scale``.
+
+    ``numel``, ``mean`` and ``std`` (unbiased) describe every element of every call of the module over the step (all
+    accumulation micro-batches, all processes: :func:`lightning_init.reduce.merge_moments`), so
+    ``norm = sqrt((numel - 1) * std^2 + numel * mean^2)`` is the norm of ``dL/dh`` over the whole batch of the step
+    (the concatenation of the micro-batches' gradients; Lightning already divides each micro-batch's loss by the
+    number of micro-batches). ``scale`` undoes what multiplied the loss before backward: the GradScaler's loss scale
+    under ``precision="16-mixed"``, times the number of processes under DDP (whose gradients are averaged, so the
+    global loss is the mean of the processes' losses). Computed on the host in float64: no overflow for any float32
+    moments. NaN statistics for ``numel == 0``.
+    """
+    if numel <= 0 or scale <= 0:
+        return {"norm": math.nan, "std": math.nan}
+    squares = max(numel - 1.0, 0.0) * std * std + numel * mean * mean
+    return {"norm": math.sqrt(squares) / scale, "std": std / scale}
+
+
+# ------------------------------------------------------------------------------------------ 16-bit headroom
+
+#: Statistics of how a tensor fits its 16-bit format (``{kind}_{stat}/{name}`` for activations and gradients):
+#: ``underflow`` and ``overflow`` (fractions of the elements), ``dynamic_range`` (bits). Logged only for tensors that
+#: live in a 16-bit format (see :func:`headroom_format`): never under 32-bit precision.
+HEADROOM_STATS: tuple[str, ...] = ("underflow", "overflow", "dynamic_range")
+#: Columns of :func:`headroom_row`.
+HEADROOM_ROW: tuple[str, ...] = ("underflow", "overflow", "abs_max", "abs_min_nonzero")
+#: Lightning precision flags whose tensors live in (or are cast to) a 16-bit format.
+_PRECISION_FORMAT: dict[str, torch.dtype] = {
+    "16-mixed": torch.float16,
+    "16": torch.float16,
+    "16-true": torch.float16,
+    "bf16-mixed": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "bf16-true": torch.bfloat16,
+}
+
+
+def headroom_format(dtype: torch.dtype, precision: str | None = None) -> torch.dtype | None:
+    """The 16-bit format a tensor of ``dtype`` lives in under Lightning's ``precision``, or ``None`` (no headroom).
+
+    A ``float16`` / ``bfloat16`` tensor lives in its own format (a model cast to half, or an autocast output). A wider
+    tensor under ``"16-mixed"`` / ``"bf16-mixed"`` (an op autocast keeps in float32, a float32 master gradient) is
+    measured against the format it is cast to at the next autocast op. Under 32/64-bit precision: ``None``.
+    """
+    if dtype in (torch.float16, torch.bfloat16):
+        return dtype
+    return _PRECISION_FORMAT.get(str(precision)) if precision is not None else None
+
+
+def headroom_row(x: Tensor, fmt: torch.dtype, scale: float | Tensor = 1.0) -> Tensor:
+    """Counts and extremes of ``|x * scale|`` against ``fmt`` (columns :data:`HEADROOM_ROW`), float32 on ``x``'s device.
+
+    - ``underflow``: elements with ``0 < |x| < finfo(fmt).tiny`` (the smallest normal): subnormals, which lose
+      precision and which flush-to-zero arithmetic turns into 0, and, for a wider tensor on its way to ``fmt``, the
+      values the cast makes subnormal or 0. Exact zeros are not counted (a ReLU's zeros are structure, not underflow;
+      they are ``zero_fraction``); a value already flushed to 0 in a 16-bit tensor cannot be told from them.
+    - ``overflow``: elements with ``|x| > finfo(fmt).max / 2`` (one doubling from inf), Inf included, NaN not.
+    - ``abs_max``, ``abs_min_nonzero``: the largest finite and the smallest non-zero ``|x|`` (``nan`` / ``inf`` when
+      there is none), from which :func:`headroom_stats` takes the dynamic range.
+
+    ``scale`` is what multiplied the values while they were in ``fmt``: the GradScaler's loss scale for the gradients
+    of a ``16-mixed`` run (their float32 ``.grad`` is read unscaled).
+    """
+    info = torch.finfo(fmt)
+    a = x.detach().abs()
+    if a.dtype != torch.float32 and a.dtype != torch.float64:
+        a = a.float()
+    if not (isinstance(scale, float) and scale == 1.0):
+        a = a * scale
+    if a.numel() == 0:
+        return torch.tensor([0.0, 0.0, math.nan, math.inf], device=x.device)
+    finite = torch.isfinite(a)
+    under = ((a < info.tiny) & (a > 0)).sum()
+    over = (a > info.max / 2).sum()  # NaN compares False, Inf True
+    amax = torch.where(finite, a, 0.0).amax()
+    amin = torch.where(a > 0, a, math.inf).amin()
+    return torch.stack([under.float(), over.float(), amax.float(), amin.float()])
+
+
+def headroom_stats(rows: Sequence[Sequence[float]], numel: float) -> dict[str, float]:
+    """Merge host-side :func:`headroom_row` rows (calls, micro-batches) of ``numel`` elements in all.
+
+    Returns ``underflow`` and ``overflow`` as fractions of ``numel`` and ``dynamic_range`` =
+    ``log2(max |x| / min non-zero |x|)`` in bits (``nan`` when no element is non-zero and finite).
+    """
+    if numel <= 0 or not rows:
+        return {"underflow": math.nan, "overflow": math.nan, "dynamic_range": math.nan}
+    under = sum(r[0] for r in rows)
+    over = sum(r[1] for r in rows)
+    amax = max((r[2] for r in rows if not math.isnan(r[2])), default=math.nan)
+    amin = min(r[3] for r in rows)
+    bits = math.log2(amax / amin) if amax > 0 and math.isfinite(amin) and amin > 0 else math.nan
+    return {"underflow": under / numel, "overflow": over / numel, "dynamic_range": bits}

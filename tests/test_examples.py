@@ -82,16 +82,24 @@ def _readme_block(section: str, language: str) -> str:
 
 def test_readme_documents_every_tag_and_every_example_config():
     from lightning_init.health import RULES_BY_KIND, health_tag
-    from lightning_init.stats import ACTIVATION_STATS, GRAD_STATS, WEIGHT_STATS
+    from lightning_init.stats import ACTIVATION_STATS, GRAD_STATS, OUTPUT_GRAD_STATS, WEIGHT_STATS
 
     text = README.read_text()
     for kind, stats in (("weight", WEIGHT_STATS), ("grad", GRAD_STATS), ("activation", ACTIVATION_STATS)):
         for stat in stats:
+            if (kind, stat) == ("grad", "output_grad"):  # its own tags: output_grad_{stat}/{module}
+                for own in OUTPUT_GRAD_STATS:
+                    assert f"`output_grad_{own}/" in text, own
+                continue
             assert f"`{kind}_{stat}/" in text, (kind, stat)
         for rule in RULES_BY_KIND[kind]:
             assert health_tag(rule, kind) in text, (kind, rule)
         for tag in (f"`{kind}/", f"health/{kind}_report", f"health/{kind}_heatmap"):
             assert tag in text, tag
+    for rule in RULES_BY_KIND["output_grad"]:
+        assert health_tag(rule, "output_grad") in text, rule
+    for tag in ("health/output_grad_report", "health/output_grad_heatmap"):
+        assert tag in text, tag
     for tag in ("weight_init/report", "`lightning_init/{kind}`", "`{kind}_{stat}`", "`lightning_init/health`"):
         assert tag in text, tag
     assert "PLACEHOLDER" not in text

@@ -356,7 +356,7 @@ def test_tracker_warns_once_per_rule_and_layer_and_counts():
     new = tracker.update(20, check_activations(table, nls, step=20))
     assert [(f.rule, f.layers) for f in new] == [("nonfinite", ("net.1",))]
     assert tracker.counts == {"nonfinite": 1, "vanishing_activation": 0, "exploding_activation": 0, "dead": 1,
-                              "saturated": 0, "output_scale": 0}  # fmt: skip
+                              "saturated": 0, "output_scale": 0, "underflow": 0, "overflow": 0}  # fmt: skip
     # Healthy step: counts back to zero.
     assert tracker.update(30, []) == []
     assert set(tracker.scalars().values()) == {0.0}

@@ -559,11 +559,27 @@ def test_frozen_and_tied_parameters(tmp_path: Path) -> None:
         (WeightMonitor, ["symmetric_spread", "update_ratio_low", "update_ratio_high"]),
         (
             GradientMonitor,
-            ["vanishing_grad_ratio", "vanishing_grad_floor", "exploding_grad_norm", "exploding_grad_growth"],
+            [
+                "vanishing_grad_ratio",
+                "vanishing_grad_floor",
+                "exploding_grad_norm",
+                "exploding_grad_growth",
+                "vanishing_backprop_ratio",
+                "exploding_backprop_growth",
+                "underflow_fraction",
+                "overflow_fraction",
+            ],
         ),
         (
             ActivationMonitor,
-            ["vanishing_activation_ratio", "exploding_activation_ratio", "dead_fraction", "saturated_fraction"],
+            [
+                "vanishing_activation_ratio",
+                "exploding_activation_ratio",
+                "dead_fraction",
+                "saturated_fraction",
+                "underflow_fraction",
+                "overflow_fraction",
+            ],
         ),
     ],
 )

@@ -34,6 +34,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, TypeVar, get_args
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
@@ -48,6 +49,7 @@ from lightning_init.health import (
     HealthTracker,
     Kind,
     OnAnomaly,
+    health_tag,
     merge_findings,
     profile_of,
 )
@@ -56,10 +58,12 @@ from lightning_init.health.rules import Context
 from lightning_init.hooks import original_name
 from lightning_init.schemes import check_choice
 from lightning_init.stats import (
+    HEADROOM_STATS,
     HISTOGRAM_BINS,
     HostHistogram,
     Table,
     fetch,
+    headroom_format,
     histogram_columns,
     host_histograms,
     repair,
@@ -73,6 +77,11 @@ __all__: list[str] = []
 DEFAULT_HISTOGRAM_EVERY_N_STEPS = 500
 
 _ON_ANOMALY: tuple[str, ...] = get_args(OnAnomaly)
+
+
+def _headroom_tags(kind: Kind) -> set[str]:
+    """The ``health/*`` tags of the 16-bit headroom rules of ``kind`` (written only when the table has headroom)."""
+    return {health_tag(rule, kind) for rule in ("underflow", "overflow")}
 
 
 #: Docstring text the three monitors share, written once: a line ``{key}`` in a monitor's docstring is replaced by
@@ -300,7 +309,9 @@ class _LayerMonitor(Callback):
             rank_zero_warn(
                 f"{type(self).__name__}: the Trainer has no logger (`logger=False`), nothing will be logged."
             )
-        writers.request_layout(trainer, self.kind, self.stats)
+        sixteen_bit = headroom_format(torch.float32, str(getattr(trainer, "precision", None))) is not None
+        # the 16-bit headroom charts only where there is headroom to chart (not under 32-bit precision)
+        writers.request_layout(trainer, self.kind, [s for s in self.stats if sixteen_bit or s not in HEADROOM_STATS])
         if self.health:
             self._tracker = HealthTracker(self.kind)  # a new fit, a new report (a resumed one is restored after setup)
             self._heatmap_step = None
@@ -354,7 +365,11 @@ class _LayerMonitor(Callback):
                 profile=profile_of(self.kind, table, nls, roles=context.roles),
                 layers=[n for n in table if n != "total"],
             )
-            metrics.update(self._tracker.scalars())
+            counts = self._tracker.scalars()
+            if not any("underflow" in row or "overflow" in row for row in table.values()):
+                # 32-bit tensors have no 16-bit headroom: no underflow/overflow tag at all, not a count of 0
+                counts = {k: v for k, v in counts.items() if k not in _headroom_tags(self.kind)}
+            metrics.update(counts)
         writers.log_scalars(trainer, metrics, step)
         for finding in fresh:  # once per (rule, layer): the tracker remembers what it returned
             if finding.info:  # e.g. structurally zero gradients: worth knowing, nothing to fix

@@ -26,7 +26,9 @@ from lightning_init.callbacks._base import (
 from lightning_init.health import (
     DEAD_FRACTION,
     EXPLODING_ACTIVATION_RATIO,
+    OVERFLOW_FRACTION,
     SATURATED_FRACTION,
+    UNDERFLOW_FRACTION,
     VANISHING_ACTIVATION_RATIO,
     HealthThresholds,
     OnAnomaly,
@@ -41,6 +43,7 @@ from lightning_init.stats import (
     ActivationStat,
     Table,
     fetch,
+    headroom_stats,
     host_histograms,
 )
 
@@ -90,6 +93,12 @@ class ActivationMonitor(_LayerMonitor):
       of outputs within 0.01 of a bound of the output range, i.e. ``|y| > 0.99`` for tanh, ``y < 0.01`` or
       ``y > 0.99`` for sigmoid;
     - ``activation_nonfinite/{module}``: number of NaN/Inf outputs;
+    - under 16-bit precision only (outputs in float16/bfloat16, or any output under ``16-mixed``/``bf16-mixed``,
+      measured against the format it is cast to; never under 32-bit): ``activation_underflow/{module}`` and
+      ``activation_overflow/{module}``, the fractions of elements below the format's smallest normal (non-zero) /
+      above half its largest value (Inf included), and ``activation_dynamic_range/{module}``, ``log2(max /
+      smallest non-zero |y|)`` in bits; this process's outputs under DDP; health rules ``underflow`` / ``overflow``
+      (``health/underflow_activation``, ``health/overflow_activation``);
     - histograms ``activation/{module}`` (TensorBoard only) of the first micro-batch of a histogram step;
     - with ``health=True``: ``health/nonfinite_activation``, ``health/vanishing_activation``,
       ``health/exploding_activation``, ``health/dead``, ``health/saturated``, ``health/output_scale`` (number of
@@ -126,6 +135,9 @@ class ActivationMonitor(_LayerMonitor):
         exploding_activation_ratio: the same ratio above this is exploding.
         dead_fraction: ``zero_fraction`` above this after a ReLU-like module is dead.
         saturated_fraction: ``saturation`` above this after tanh/sigmoid is saturated.
+        underflow_fraction: under 16-bit precision, an output with more of its elements than this below the
+            format's smallest normal underflows.
+        overflow_fraction: the same for elements above half the format's largest value (``0``: any).
         {thresholds_arg}
 
     Raises:
@@ -158,6 +170,8 @@ class ActivationMonitor(_LayerMonitor):
         exploding_activation_ratio: float = EXPLODING_ACTIVATION_RATIO,
         dead_fraction: float = DEAD_FRACTION,
         saturated_fraction: float = SATURATED_FRACTION,
+        underflow_fraction: float = UNDERFLOW_FRACTION,
+        overflow_fraction: float = OVERFLOW_FRACTION,
         thresholds: HealthThresholds | None = None,
     ) -> None:
         super().__init__(
@@ -174,6 +188,8 @@ class ActivationMonitor(_LayerMonitor):
                 "exploding_activation_ratio": exploding_activation_ratio,
                 "dead_fraction": dead_fraction,
                 "saturated_fraction": saturated_fraction,
+                "underflow_fraction": underflow_fraction,
+                "overflow_fraction": overflow_fraction,
             },
             base_thresholds=thresholds,
         )
@@ -234,7 +250,7 @@ class ActivationMonitor(_LayerMonitor):
         self._recording_scalars, self._recording_histograms = scalars, histograms
         watched = self._watched_modules(pl_module)
         self._watched_names = [name for name, _ in watched]
-        self._recorder.start(watched, histograms=histograms)
+        self._recorder.start(watched, histograms=histograms, precision=str(trainer.precision))
 
     @override
     def on_train_batch_end(
@@ -284,6 +300,9 @@ class ActivationMonitor(_LayerMonitor):
         for i, n in enumerate(hist_names):
             cols[f"c{i}"] = rec.histograms[n]["counts"]
             cols[f"m{i}"] = rec.histograms[n]["meta"]
+        headroom_names = [n for n in names if rec.headroom.get(n)]
+        for i, n in enumerate(headroom_names):
+            cols[f"h{i}"] = torch.stack(rec.headroom[n])
         host = fetch(cols)  # the one transfer
         processes, rows_per_process, width = moments.shape
         watched = rows_per_process - 1
@@ -302,6 +321,12 @@ class ActivationMonitor(_LayerMonitor):
             full = merge_moments([rows[index[n]] for rows in parts], bounded=rec.bounded.get(n, False))
             table[n] = {s: full[s] for s in self._table_stats if s in full}
             self.nonlinearities[n] = nonlinearity_of(modules[n]) if n in modules else None
+        for i, n in enumerate(headroom_names):  # this process's outputs
+            if n in table:
+                flat_h = host[f"h{i}"]
+                rows = [flat_h[4 * c : 4 * c + 4] for c in range(len(flat_h) // 4)]
+                extra = headroom_stats(rows, float(sum(rec.numels.get(n, ()))))
+                table[n].update({s: v for s, v in extra.items() if s in self._table_stats})
         hists = [host_histograms(host[f"c{i}"], host[f"m{i}"], 1, HISTOGRAM_BINS)[0] for i in range(len(hist_names))]
         rec.clear()
         if self.health:

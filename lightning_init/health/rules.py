@@ -55,6 +55,7 @@ __all__ = [
     "Rule",
     "RuleSpec",
     "check_activations",
+    "check_backprop",
     "check_grads",
     "check_weights",
     "evaluate",
@@ -74,6 +75,10 @@ Rule = Literal[
     "nonfinite",
     "symmetric",
     "update_ratio",
+    "vanishing_backprop",
+    "exploding_backprop",
+    "underflow",
+    "overflow",
     "grad_zero",
 ]
 #: Rules that report information (once, in the report), never a finding: no ``health/*`` count, no warning.
@@ -82,7 +87,7 @@ INFO_RULES: frozenset[Rule] = frozenset({"grad_zero"})
 RULES: tuple[Rule, ...] = tuple(r for r in get_args(Rule) if r not in INFO_RULES)
 
 #: What a table describes; the prefixes of the monitors' tags (``weight_std``, ``grad_norm``, ``activation_std``).
-Kind = Literal["weight", "grad", "activation"]
+Kind = Literal["weight", "grad", "activation", "output_grad"]
 KINDS: tuple[Kind, ...] = get_args(Kind)
 
 #: What a monitor does on a finding: warn once per (rule, layer), stop training gracefully, or raise HealthError.
@@ -91,11 +96,26 @@ OnAnomaly = Literal["warn", "stop", "raise"]
 #: The finding rules (``health/*`` counts) of each kind.
 RULES_BY_KIND: dict[Kind, tuple[Rule, ...]] = {
     "weight": ("nonfinite", "symmetric", "update_ratio"),
-    "grad": ("nonfinite", "vanishing_grad", "exploding_grad"),
-    "activation": ("nonfinite", "vanishing_activation", "exploding_activation", "dead", "saturated", "output_scale"),
+    "grad": ("nonfinite", "vanishing_grad", "exploding_grad", "underflow", "overflow"),
+    "activation": (
+        "nonfinite",
+        "vanishing_activation",
+        "exploding_activation",
+        "dead",
+        "saturated",
+        "output_scale",
+        "underflow",
+        "overflow",
+    ),
+    "output_grad": ("nonfinite", "vanishing_backprop", "exploding_backprop"),
 }
 
-_KIND_WORD: dict[Kind, str] = {"weight": "weights", "grad": "gradients", "activation": "activations"}
+_KIND_WORD: dict[Kind, str] = {
+    "weight": "weights",
+    "grad": "gradients",
+    "activation": "activations",
+    "output_grad": "backprop signals (dL/d output)",
+}
 
 Op = Literal["<", "<=", ">", ">="]
 _OPS: dict[str, Callable[[Any, Any], Any]] = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
@@ -239,7 +259,12 @@ class RuleSpec:
 
 
 def _nonfinite_specs(kind: Kind) -> tuple[RuleSpec, ...]:
-    what = {"weight": "a weight", "grad": "a gradient", "activation": "a module output"}[kind]
+    what = {
+        "weight": "a weight",
+        "grad": "a gradient",
+        "activation": "a module output",
+        "output_grad": "a backprop signal",
+    }[kind]
     return (
         RuleSpec(
             "nonfinite",
@@ -264,6 +289,49 @@ def _nonfinite_specs(kind: Kind) -> tuple[RuleSpec, ...]:
             "NaN/Inf {kind}",
             _REMEDY_NONFINITE,
             f"{what} holds NaN/Inf (abs max not finite; without a NaN/Inf count)",
+        ),
+    )
+
+
+_REMEDY_UNDERFLOW = (
+    "Values below the format's smallest normal lose precision and flush to zero on flush-to-zero hardware: for "
+    "gradients under precision='16-mixed' keep loss scaling on (GradScaler) and give it a larger init_scale, or "
+    "switch to precision='bf16-mixed' (bfloat16 has float32's range); for a layer's outputs rescale the layer (a "
+    "larger init scale, a normalization layer)."
+)
+_REMEDY_OVERFLOW = (
+    "Values within a factor 2 of the format's largest finite value become inf at the next doubling: switch to "
+    "precision='bf16-mixed' (bfloat16 has float32's range), give the GradScaler a smaller init_scale if these are "
+    "gradients (occasional overflows are how it finds its scale: act when they persist), or rescale the layer "
+    "(smaller init, normalization, lower learning rate)."
+)
+
+
+def _headroom_specs(kind: Kind) -> tuple[RuleSpec, ...]:
+    return (
+        RuleSpec(
+            "underflow",
+            kind,
+            "underflow",
+            ">",
+            "underflow_fraction",
+            "row_ok",
+            "fraction of elements below the 16-bit format's smallest normal",
+            "16-bit underflow in {kind}",
+            _REMEDY_UNDERFLOW,
+            "tensors in a 16-bit format (the statistic exists only under 16-bit precision)",
+        ),
+        RuleSpec(
+            "overflow",
+            kind,
+            "overflow",
+            ">",
+            "overflow_fraction",
+            "row_ok",
+            "fraction of elements above half the 16-bit format's largest value",
+            "16-bit overflow in {kind}",
+            _REMEDY_OVERFLOW,
+            "tensors in a 16-bit format",
         ),
     )
 
@@ -400,6 +468,7 @@ RULE_TABLE: tuple[RuleSpec, ...] = (
         _REMEDY_EXPLODING,
         "gradients that are not structurally zero, against the median of the deeper gradients of their role group",
     ),
+    *_headroom_specs("grad"),
     *_nonfinite_specs("activation"),
     RuleSpec(
         "vanishing_activation",
@@ -465,6 +534,36 @@ RULE_TABLE: tuple[RuleSpec, ...] = (
         "embedding tied to it) small, e.g. std 0.02 or 1/sqrt(width) (WeightInit('auto') does for tied embeddings), "
         "or zero-initialize the head.",
         "the model output, when the logits' signal std exceeds sqrt(2 (ratio - 1) ln(classes))",
+    ),
+    *_headroom_specs("activation"),
+    *_nonfinite_specs("output_grad"),
+    RuleSpec(
+        "vanishing_backprop",
+        "output_grad",
+        "norm_vs_deeper_max",
+        "<",
+        "vanishing_backprop_ratio",
+        "judged",
+        "||dL/d output|| relative to the largest deeper layer's",
+        "vanishing backprop signal",
+        "The gradient with respect to the layer outputs shrinks on its way back to the input, so the early layers "
+        "barely learn: use Kaiming (He) init for ReLU layers and Xavier (Glorot) or orthogonal init for tanh/sigmoid "
+        "layers instead of a too-small std, or add normalization / residual connections.",
+        "module outputs (GradientMonitor's output_grad), against the largest deeper one",
+    ),
+    RuleSpec(
+        "exploding_backprop",
+        "output_grad",
+        "norm_vs_deeper_min",
+        ">",
+        "exploding_backprop_growth",
+        "backprop_not_vanishing",
+        "||dL/d output|| relative to the smallest deeper layer's",
+        "exploding backprop signal",
+        "The gradient with respect to the layer outputs grows on its way back to the input: use Kaiming (He) / Xavier "
+        "(Glorot) init instead of a too-large std, lower the learning rate, or clip gradients "
+        "(Trainer(gradient_clip_val=1.0)).",
+        "module outputs, against the smallest positive deeper one",
     ),
 )
 
@@ -616,7 +715,7 @@ def _nonfinite_columns(rows: Sequence[Mapping[str, float]], fr: dict[str, np.nda
     fr["abs_max"] = abs_max
     fr["abs_max_nonfinite"] = np.where(np.isinf(abs_max) | np.isnan(abs_max), 1.0, 0.0)
     fr["no_count"] = ~has_count & np.array([r.get("abs_max") is not None for r in rows], dtype=bool)
-    bad = (has_count & (fr["nonfinite"] > 0)) | (~has_count & (fr["abs_max_nonfinite"] > 0))
+    bad = (has_count & (fr["nonfinite"] > 0)) | (fr["no_count"] & (fr["abs_max_nonfinite"] > 0))
     return bad
 
 
@@ -676,6 +775,38 @@ def _grad_frame(
     with np.errstate(invalid="ignore", divide="ignore"):
         fr["norm_vs_group"] = norm / _deeper_median(norm, groups, usable)
     fr["_group"] = groups
+    fr["row_ok"] = np.ones(len(names), dtype=bool)  # headroom is judged on every row, NaN/Inf ones included
+    fr["underflow"] = _column(rows, "underflow")
+    fr["overflow"] = _column(rows, "overflow")
+    return fr
+
+
+def _output_grad_frame(names: list[str], rows: list[Mapping[str, float]], t: HealthThresholds) -> dict[str, np.ndarray]:
+    """``||dL/dh||`` of each module output against the largest / smallest (positive) deeper one (a backward scan)."""
+    fr: dict[str, np.ndarray] = {}
+    bad = _nonfinite_columns(rows, fr)
+    norm = _column(rows, "norm")
+    usable = ~bad & ~np.isnan(norm)
+    deeper_max = np.full(len(names), math.nan)
+    deeper_min = np.full(len(names), math.nan)
+    top, low = -math.inf, math.inf
+    for i in range(len(names) - 1, -1, -1):
+        if not usable[i]:
+            continue
+        if top > 0 and math.isfinite(top):
+            deeper_max[i] = top
+        if math.isfinite(low):
+            deeper_min[i] = low
+        top = max(top, float(norm[i]))
+        if norm[i] > 0:
+            low = min(low, float(norm[i]))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        fr["norm_vs_deeper_max"] = norm / deeper_max
+        fr["norm_vs_deeper_min"] = norm / deeper_min
+    fr["norm"] = norm
+    fr["judged"] = usable
+    vanishing = fr["norm_vs_deeper_max"] < t.vanishing_backprop_ratio
+    fr["backprop_not_vanishing"] = usable & ~np.where(np.isnan(fr["norm_vs_deeper_max"]), False, vanishing)
     return fr
 
 
@@ -721,6 +852,9 @@ def _activation_frame(
     fr["loss_vs_chance"] = np.where(out, ratio, math.nan)
     logit_floor = math.sqrt(2.0 * max(t.output_loss_ratio - 1.0, 0.0) * chance) if math.isfinite(chance) else math.inf
     fr["logits_large"] = ~bad & out & (signal > logit_floor)
+    fr["row_ok"] = np.ones(len(names), dtype=bool)  # headroom is judged on every row, NaN/Inf ones included
+    fr["underflow"] = _column(rows, "underflow")
+    fr["overflow"] = _column(rows, "overflow")
     return fr
 
 
@@ -743,6 +877,8 @@ def frame(
         return names, _grad_frame(names, rows, ctx, t)
     if kind == "activation":
         return names, _activation_frame(names, rows, nonlinearities or {}, ctx, t)
+    if kind == "output_grad":
+        return names, _output_grad_frame(names, rows, t)
     raise ValueError(f"`kind` must be one of {list(KINDS)}, got {kind!r}")
 
 
@@ -831,6 +967,8 @@ def check_grads(
     exploding_grad_norm: float = _BY_NAME["exploding_grad_norm"].default,
     exploding_grad_growth: float = _BY_NAME["exploding_grad_growth"].default,
     grad_zero_ratio: float = _BY_NAME["grad_zero_ratio"].default,
+    underflow_fraction: float = _BY_NAME["underflow_fraction"].default,
+    overflow_fraction: float = _BY_NAME["overflow_fraction"].default,
     context: Context | None = None,
 ) -> list[Finding]:
     """Judge a gradient table ``{parameter: {stat: value}}`` (a ``"total"`` row is ignored): the ``grad`` rows of
@@ -842,6 +980,8 @@ def check_grads(
         exploding_grad_norm=exploding_grad_norm,
         exploding_grad_growth=exploding_grad_growth,
         grad_zero_ratio=grad_zero_ratio,
+        underflow_fraction=underflow_fraction,
+        overflow_fraction=overflow_fraction,
     )
     return evaluate("grad", table, t, step=step, context=context)
 
@@ -856,6 +996,8 @@ def check_activations(
     dead_fraction: float = _BY_NAME["dead_fraction"].default,
     saturated_fraction: float = _BY_NAME["saturated_fraction"].default,
     output_loss_ratio: float = _BY_NAME["output_loss_ratio"].default,
+    underflow_fraction: float = _BY_NAME["underflow_fraction"].default,
+    overflow_fraction: float = _BY_NAME["overflow_fraction"].default,
     context: Context | None = None,
 ) -> list[Finding]:
     """Judge an activation table ``{module: {stat: value}}`` ordered input -> output: the ``activation`` rows of
@@ -870,8 +1012,28 @@ def check_activations(
         dead_fraction=dead_fraction,
         saturated_fraction=saturated_fraction,
         output_loss_ratio=output_loss_ratio,
+        underflow_fraction=underflow_fraction,
+        overflow_fraction=overflow_fraction,
     )
     return evaluate("activation", table, t, step=step, nonlinearities=nonlinearities, context=context)
+
+
+def check_backprop(
+    table: Mapping[str, Mapping[str, float]],
+    *,
+    step: int,
+    vanishing_backprop_ratio: float = _BY_NAME["vanishing_backprop_ratio"].default,
+    exploding_backprop_growth: float = _BY_NAME["exploding_backprop_growth"].default,
+) -> list[Finding]:
+    """Judge a backprop-signal table ``{module: {stat: value}}`` (``output_grad`` of GradientMonitor), input first:
+    the ``output_grad`` rows of :data:`RULE_TABLE` (``nonfinite``; ``vanishing_backprop``: ``n_i <
+    vanishing_backprop_ratio * max(n_j, j deeper)``; ``exploding_backprop``: ``n_i > exploding_backprop_growth *
+    min(n_j > 0, j deeper)``, where not vanishing).
+    """  # noqa: D205
+    t = _thresholds(
+        vanishing_backprop_ratio=vanishing_backprop_ratio, exploding_backprop_growth=exploding_backprop_growth
+    )
+    return evaluate("output_grad", table, t, step=step)
 
 
 # ---------------------------------------------------------------------------------------------------- README

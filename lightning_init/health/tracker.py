@@ -28,16 +28,25 @@ from lightning_init.roles import is_bias_name
 __all__ = ["PROFILE_STAT", "HealthTracker", "health_tag", "profile_of"]
 
 
+#: Rules several kinds fire: their tag carries the kind (``health/nonfinite_grad``, ``health/underflow_activation``).
+PER_KIND_RULES: frozenset[str] = frozenset({"nonfinite", "underflow", "overflow"})
+
+
 def health_tag(rule: Rule, kind: Kind) -> str:
     """Scalar tag for the count of flagged layers: ``health/{rule}``, or ``health/nonfinite_{kind}``.
 
     ``nonfinite`` is the one rule every kind fires; the kind suffix keeps the three monitors from writing the same tag.
     """
-    return f"health/nonfinite_{kind}" if rule == "nonfinite" else f"health/{rule}"
+    return f"health/{rule}_{kind}" if rule in PER_KIND_RULES else f"health/{rule}"
 
 
 #: Which statistic each kind's depth-profile heatmap shows.
-PROFILE_STAT: dict[Kind, str] = {"weight": "update_ratio", "grad": "norm", "activation": "signal_std"}
+PROFILE_STAT: dict[Kind, str] = {
+    "weight": "update_ratio",
+    "grad": "norm",
+    "activation": "signal_std",
+    "output_grad": "norm",
+}
 #: The statistic shown where a table has no ``PROFILE_STAT`` column (activation tables of the first version).
 _PROFILE_FALLBACK: dict[str, str] = {"signal_std": "std"}
 
@@ -64,7 +73,7 @@ def profile_of(
             continue
         if kind == "activation" and nls.get(name) is not None:
             continue
-        if kind != "activation" and (
+        if kind in ("weight", "grad") and (
             rls.get(name) in ("bias", "norm_bias") or (name not in rls and is_bias_name(name))
         ):
             continue

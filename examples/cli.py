@@ -8,14 +8,19 @@ Run (from the repository root):
 
 The model and the data are chosen by ``class_path`` (``lightning_init.models.MLPClassifier`` or ``SmallCNN``, and
 a synthetic datamodule), so the same script serves every config, and ``lightning-init compare`` accepts them too.
+
+Every config mistake is a parser error (one ``error:`` line, exit code 2): wrong types and out-of-range values are
+refused while parsing, and a check only a class's ``__init__`` can make (e.g. ``mode`` given to scheme ``normal``) is
+reported the same way by ``LightningInitCLI``.
 """
 
 import lightning.pytorch as pl
-from lightning.pytorch.cli import LightningCLI
+
+from lightning_init.lightning_cli import LightningInitCLI
 
 
-def main(args: list[str] | None = None) -> LightningCLI:
-    return LightningCLI(
+def main(args: list[str] | None = None) -> LightningInitCLI:
+    return LightningInitCLI(
         pl.LightningModule,
         pl.LightningDataModule,
         subclass_mode_model=True,

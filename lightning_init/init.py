@@ -80,6 +80,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_init.activations import Follower, is_norm, nonlinearity_of
+from lightning_init.checks import check_bool, check_seed
 from lightning_init.graph import DataFlow, dataflow, sequential_followers
 from lightning_init.lsuv import LSUV_LAYER_TYPES, LSUVReport, check_lsuv_args, isolated, lsuv_
 from lightning_init.rules import InitRule, as_rules, check_all_match, first_match
@@ -88,6 +89,8 @@ from lightning_init.schemes import (
     apply_scheme_,
     auto_scheme,
     check_choice,
+    check_magnitude,
+    check_module,
     expected_std,
     normal_,
     orthogonal_,
@@ -1071,14 +1074,18 @@ def init_module(
         The per-layer report. Torch's global RNG state is unchanged.
 
     Raises:
-        ValueError: Unknown scheme, preset or parameter, out-of-range value, a rule matching no layer, ``lsuv``
-            without a usable ``lsuv_batch``, lazy parameters without an input to materialize them, a residual preset
-            without a data flow (all checked before any parameter changes).
+        ValueError: ``module`` not an ``nn.Module``, a ``seed``/``bias``/``only_rules`` of the wrong type or not finite,
+            unknown scheme, preset or parameter, out-of-range value, a rule matching no layer, ``lsuv`` without a
+            usable ``lsuv_batch``, lazy parameters without an input to materialize them, a residual preset without a
+            data flow (all checked before any parameter changes; each message names the argument and the value).
 
     Warns:
         UserWarning: Once for layers ``auto`` could not resolve, once for layers left with identical output units,
             once for layers LSUV could not bring to unit variance (named, with the reason).
     """
+    check_module("module", module)  # every argument is checked before anything is written
+    bias, seed = check_magnitude("bias", bias), check_seed("seed", seed)
+    check_bool("only_rules", only_rules)
     validate_scheme(scheme, {**scheme_params, "nonlinearity": nonlinearity})
     check_choice("residual", residual, RESIDUAL_PRESETS)
     rule_list = as_rules(rules)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -185,7 +186,10 @@ def layout(charts: Mapping[str, Sequence[str]]) -> dict[str, dict[str, list[Any]
 
 
 def write_layout(trainer: "pl.Trainer") -> None:
-    """Write the merged layout of every monitor of ``trainer`` once per TensorBoard writer (rank zero).
+    """Write the merged layout of every monitor of ``trainer`` once per run directory (rank zero).
+
+    A fit resumed from a checkpoint whose logger writes into the directory of the run it continues (same ``version``)
+    finds that run's layout there and does not write a second one.
 
     Called when training starts, after every monitor's ``setup`` requested its charts, because TensorBoard keeps one
     layout per run and ``add_custom_scalars`` may be called only once per writer.
@@ -193,8 +197,32 @@ def write_layout(trainer: "pl.Trainer") -> None:
     charts = _LAYOUT_REQUESTS.pop(trainer, None)
     if not charts:
         return
+    resuming = trainer.ckpt_path is not None
     for writer in tensorboard_writers(trainer):
         if writer in _LAYOUT_WRITTEN:
             continue
+        if resuming and _run_has_layout(writer.get_logdir()):
+            _LAYOUT_WRITTEN.add(writer)  # a resumed run writing into the directory of the run it continues
+            continue
         writer.add_custom_scalars(layout(charts))
         _LAYOUT_WRITTEN.add(writer)
+
+
+#: The tag under which ``SummaryWriter.add_custom_scalars`` stores the layout.
+_LAYOUT_TAG = "custom_scalars__config__"
+
+
+def _run_has_layout(log_dir: str, first_events: int = 256) -> bool:
+    """Whether an event file in ``log_dir`` already holds a custom-scalars layout (one per run directory).
+
+    The layout is written when training starts, so only the first ``first_events`` events of each file are read.
+    """
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    for path in sorted(Path(log_dir).glob("events.out.tfevents.*")):
+        for i, event in enumerate(EventFileLoader(str(path)).Load()):
+            if i >= first_events:
+                break
+            if any(v.tag == _LAYOUT_TAG for v in event.summary.value):
+                return True
+    return False

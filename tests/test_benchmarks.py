@@ -46,3 +46,42 @@ def test_reductions_benchmark_quick_runs_and_prints_before_and_after(tmp_path: P
         labels = [label for label, _, _ in rows if label.startswith(fix)]
         assert any("before" in label for label in labels), (fix, proc.stdout)
         assert any("after" in label for label in labels), (fix, proc.stdout)
+
+
+COST = SCRIPT.with_name("cost.py")
+
+
+@pytest.mark.slow
+def test_cost_benchmark_quick_prints_the_issue_14_table(tmp_path: Path) -> None:
+    # Smoke test only (no timing is asserted): every row of the table, the depth-sweep slope, the bandwidth line.
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    proc = subprocess.run(
+        [sys.executable, str(COST), "--quick"], capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert re.search(r"^measured memory read bandwidth: \d+\.\d GB/s$", out, re.MULTILINE)
+    for model in ("mlp", "resnet18", "gpt2"):
+        row = re.search(
+            rf"^\| {model} \| [\d.]+ \| \d+\.\d{{3}}x \(.*\) \| \d+\.\d{{3}}x \| \d+\.\d{{3}}x \| .+ MB \| .+ ms \|$",
+            out,
+            re.MULTILINE,
+        )
+        assert row, f"no row for {model}:\n{out}"
+    assert re.search(r"^depth-sweep slope: -?\d+\.\d{3} ms per layer", out, re.MULTILINE)
+    assert re.search(r"^RSS over 100 steps .*: (flat|GROWS)", out, re.MULTILINE)
+
+
+def test_cost_benchmark_gpu_variant_skips_without_cuda(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT.with_name("cost_gpu.py"))],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import torch
+
+    if not torch.cuda.is_available():
+        assert proc.stdout.startswith("skipped: no CUDA device")

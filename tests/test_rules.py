@@ -29,7 +29,9 @@ def test_first_match_wins():
 
 def test_dicts_become_rules_and_bad_keys_are_refused():
     assert as_rules([{"name": "x", "scheme": "normal", "std": 0.1}]) == [InitRule(name="x", scheme="normal", std=0.1)]
-    with pytest.raises(ValueError, match=r"`rules\[\].key` must be one of .*Did you mean 'scheme'\?"):
+    with pytest.raises(
+        ValueError, match=r"`rules\[0\]` has no key 'schema': valid keys are 'name', .*Did you mean 'scheme'\?"
+    ):
         as_rules([{"name": "x", "schema": "normal"}])
 
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from lightning_init import schemes as S
+from lightning_init.argtypes import FINITE_MAX
 
 SHAPE = (256, 128, 3, 3)  # conv weight: fan_in = 128*9 = 1152, fan_out = 256*9 = 2304, N = 294912
 FAN_IN, FAN_OUT, N = 1152, 2304, 256 * 128 * 9
@@ -146,3 +147,87 @@ def test_lsuv_is_a_data_scheme_without_tensor_form():
         S.validate_scheme("lsuv", {"std": 0.1})
     with pytest.raises(ValueError, match=r"'lsuv' needs a module and a batch"):
         S.apply_scheme_(torch.empty(3, 3), "lsuv", {})
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# trunc_normal in the tails, against scipy (an independent implementation), and refusals that write nothing.
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("a", "b"), [(-2.0, 2.0), (2.0, 3.0), (8.0, 9.0), (-9.0, -8.0), (20.0, 21.0), (9.0, 10.0)])
+def test_trunc_normal_matches_scipy_truncnorm_in_the_tails(a, b):
+    np = pytest.importorskip("numpy")
+    stats = pytest.importorskip("scipy.stats")
+    n = 20000
+    w = S.trunc_normal_(torch.empty(n), 0.0, 1.0, a, b, generator=torch.Generator().manual_seed(5)).double().numpy()
+    ref = stats.truncnorm(a, b).rvs(size=n, random_state=np.random.default_rng(7))
+    assert stats.ks_2samp(w, ref).pvalue > 1e-3
+    assert w.min() >= a
+    assert w.max() <= b
+    # the mean to 6 standard errors of the truncated distribution's own std (scipy's exact moments)
+    assert abs(w.mean() - stats.truncnorm(a, b).mean()) < 6 * stats.truncnorm(a, b).std() / math.sqrt(n)
+    assert S.expected_std("trunc_normal", (n,), {"mean": 0.0, "std": 1.0, "a": a, "b": b}) == pytest.approx(
+        stats.truncnorm(a, b).std(), rel=1e-6
+    )
+
+
+def test_trunc_normal_far_bounds_refused_with_a_message_and_nothing_written():
+    t = torch.full((4, 4), 7.0)
+    with pytest.raises(ValueError, match=r"a=40.0, b=41.0\].*40 standard deviations.*the nearest bound within 37"):
+        S.trunc_normal_(t, 0.0, 1.0, 40.0, 41.0)
+    assert torch.all(t == 7.0)
+    with pytest.raises(ValueError, match=r"trunc_normal"):
+        S.validate_scheme("trunc_normal", {"mean": 0.0, "std": 0.01, "a": -1.0, "b": -0.5})  # 50 std below
+    # 36 std: still sampled exactly (the lower-tail CDF there is 1e-284, a normal double): scipy's mean and std
+    stats = pytest.importorskip("scipy.stats")
+    n = 20000
+    w = S.trunc_normal_(torch.empty(n), 0.0, 1.0, 36.0, 37.0, generator=torch.Generator().manual_seed(0)).double()
+    ref = stats.truncnorm(36.0, 37.0)
+    assert w.min().item() >= 36.0
+    assert w.max().item() <= 37.0
+    assert abs(w.mean().item() - ref.mean()) < 6 * ref.std() / math.sqrt(n)
+    assert w.std().item() == pytest.approx(ref.std(), rel=0.05)
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda t: S.uniform_(t, -1e300, 1e300), r"`a`=-1e\+300, `b`=1e\+300 writes weights up to ~1e\+300"),
+        (lambda t: S.normal_(t, 0.0, 1e30), r"`std`=1e\+30 writes weights up to"),
+        (lambda t: S.normal_(t, std="0.1"), r"`std` must be a finite number > 0, got '0.1'"),
+        (lambda t: S.normal_(t, mean=float("nan")), r"`mean` must be a finite number, got nan"),
+        (lambda t: S.constant_(t, float("inf")), r"`value` must be a finite number, got inf"),
+        (lambda t: S.constant_(t, 1e30), r"`value`"),
+        (lambda t: S.xavier_normal_(t, gain=True), r"`gain` must be a finite number > 0, got True"),
+        (lambda t: S.kaiming_normal_(t, mode="fan_avg"), r"`mode` must be one of 'fan_in', 'fan_out'"),
+        (lambda t: S.orthogonal_(t, gain=-1.0), r"`gain` must be a finite number > 0, got -1.0"),
+        (lambda t: S.normal_(t.half(), 0.0, 1e6), r"not finite in torch.float16.*nothing was written"),
+        (lambda t: S.normal_(t, generator=42), r"`generator` must be a CPU torch.Generator .*got 42"),
+    ],
+)
+def test_initializers_validate_then_write(call, match):
+    t = torch.full((8, 8), 3.0)
+    with pytest.raises(ValueError, match=match):
+        call(t)
+    assert torch.all(t == 3.0)
+
+
+@pytest.mark.parametrize(
+    ("params", "match"),
+    [
+        ({"std": "0.1"}, r"`std` must be a finite number > 0, got '0.1'"),
+        ({"mean": "x"}, r"`mean` must be a finite number, got 'x'"),
+        ({"std": float("inf")}, r"`std` must be a finite number > 0, got inf"),
+    ],
+)
+def test_validate_scheme_names_argument_value_and_valid(params, match):
+    with pytest.raises(ValueError, match=match):
+        S.validate_scheme("normal", params)
+
+
+def test_magnitude_limit_is_float32s_square_root():
+    assert S.check_magnitude("bias", 1e19) == 1e19
+    with pytest.raises(ValueError, match=r"`bias`=1e\+20 is too large.*\|bias\| <= 1.84e\+19"):
+        S.check_magnitude("bias", 1e20)
+    assert torch.finfo(torch.float32).max > (S.MAX_MAGNITUDE**2) * 0.999
+    assert pytest.approx(FINITE_MAX, rel=1e-15) == S.MAX_MAGNITUDE  # the parser's FiniteFloat: the same bound

@@ -528,3 +528,52 @@ def test_ddp_ranks_end_identical_without_seed(tmp_path, init):
     assert sums["batch"][0] != sums["batch"][1]  # the ranks initialized on different batches
     assert sums["first"][0] == sums["first"][1]
     assert sums["last"][0] == sums["last"][1]
+
+
+def test_reused_callback_initializes_each_new_model(tmp_path, caplog):
+    """A sweep loop reusing its callback list: the second fit's fresh model gets the scheme too (issue 13)."""
+    init = WeightInit(scheme="normal", std=0.05, seed=0)
+    firsts = []
+    for run in range(2):
+        first = FirstBatchWeights()
+        model = TinyModel()
+        model.configure_model()
+        with torch.no_grad():  # a default init far from the scheme's: the test fails if WeightInit does nothing
+            for p in model.parameters():
+                p.fill_(0.7)
+        with caplog.at_level("INFO"):
+            _trainer(tmp_path / str(run), [init, first], max_steps=1).fit(model)
+        firsts.append(first.weights)
+    assert "initialized another one in an earlier fit" in caplog.text
+    assert "resuming" not in caplog.text
+    for weights in firsts:
+        for key in ("body.0.weight", "body.2.weight", "head.weight"):
+            w = weights[key].double()
+            assert abs(w.mean().item()) < 6 * 0.05 / math.sqrt(w.numel())
+            assert w.std().item() == pytest.approx(0.05, rel=6 * math.sqrt(0.5 / w.numel()) + 0.02)
+        assert torch.all(weights["body.0.bias"] == 0)
+
+
+def test_second_fit_of_the_same_model_keeps_its_weights(tmp_path):
+    init, model = WeightInit(scheme="normal", std=0.05, seed=0), TinyModel()
+    _trainer(tmp_path, [init], max_steps=3).fit(model)
+    trained = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    first = FirstBatchWeights()
+    _trainer(tmp_path, [init, first], max_steps=4).fit(model)
+    for key, value in trained.items():
+        assert torch.equal(first.weights[key], value), key
+
+
+def test_restored_state_is_a_resume(tmp_path, caplog):
+    """load_state_dict (a checkpoint restore) means the weights come from the checkpoint: left unchanged."""
+    init = WeightInit(scheme="normal", std=0.05, seed=0)
+    init.load_state_dict({"applied": True})
+    model = TinyModel()
+    model.configure_model()
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    first = FirstBatchWeights()
+    with caplog.at_level("INFO"):
+        _trainer(tmp_path, [init, first], max_steps=1).fit(model)
+    assert "resuming from restored callback state" in caplog.text
+    for key, value in before.items():
+        assert torch.equal(first.weights[key], value), key

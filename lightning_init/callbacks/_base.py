@@ -29,8 +29,9 @@ DeepSpeed, ModelParallel) are refused by ``WeightMonitor`` and ``GradientMonitor
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar, get_args
 
 import lightning.pytorch as pl
@@ -41,7 +42,11 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from lightning_init import writers
+
+# Runtime import: LightningCLI checks the restricted type while parsing (a YAML 0 is a parser error).
+from lightning_init.argtypes import PositiveInt
 from lightning_init.callbacks._compat import batches_that_stepped, sharded_strategy
+from lightning_init.checks import check_choice, did_you_mean
 from lightning_init.health import (
     Finding,
     HealthError,
@@ -56,7 +61,6 @@ from lightning_init.health import (
 from lightning_init.health.context import parameter_context
 from lightning_init.health.rules import Context
 from lightning_init.hooks import original_name
-from lightning_init.schemes import check_choice
 from lightning_init.stats import (
     HEADROOM_STATS,
     HISTOGRAM_BINS,
@@ -163,8 +167,8 @@ class _LayerMonitor(Callback):
 
     def __init__(
         self,
-        every_n_steps: int | None = None,
-        histogram_every_n_steps: int | None = DEFAULT_HISTOGRAM_EVERY_N_STEPS,
+        every_n_steps: PositiveInt | None = None,
+        histogram_every_n_steps: PositiveInt | None = DEFAULT_HISTOGRAM_EVERY_N_STEPS,
         include: str | Sequence[str] | None = None,
         exclude: str | Sequence[str] | None = None,
         module_types: Sequence[str | type[nn.Module]] | None = None,
@@ -187,6 +191,12 @@ class _LayerMonitor(Callback):
         chosen = self._default_stats if stats is None else ((stats,) if isinstance(stats, str) else tuple(stats))
         for s in chosen:
             check_choice("stats", s, self._valid_stats)
+        if not chosen:
+            raise ValueError(
+                f"`stats` is empty ({stats!r}): {type(self).__name__} would log nothing. Give at least one of "
+                f"{', '.join(map(repr, self._valid_stats))} (default {list(self._default_stats)}), or remove the "
+                "monitor."
+            )
         self.stats: tuple[str, ...] = tuple(dict.fromkeys(chosen))
         if not isinstance(health, bool):
             raise ValueError(f"`health` must be True or False, got {health!r}.")
@@ -319,7 +329,82 @@ class _LayerMonitor(Callback):
 
     @override
     def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        self._check_selection(pl_module)
         writers.write_layout(trainer)
+
+    # ------------------------------------------------------------------ selection
+
+    #: What the monitor watches, for messages ("parameters", "modules").
+    _watches: ClassVar[str] = "parameters"
+
+    def _watch_names(self, pl_module: "pl.LightningModule", *, trainable_only: bool = True) -> list[str]:
+        """The names this monitor watches with its current filters (``trainable_only``: gradient monitors)."""
+        return [n for n, _ in self._watched_parameters(pl_module)]
+
+    @contextlib.contextmanager
+    def _filters(
+        self, module_types: tuple[str | type, ...], include: tuple[str, ...], exclude: tuple[str, ...]
+    ) -> Iterator[None]:
+        saved = self.module_types, self.include, self.exclude
+        self.module_types, self.include, self.exclude = module_types, include, exclude
+        try:
+            yield
+        finally:
+            self.module_types, self.include, self.exclude = saved
+
+    def _selection(
+        self, pl_module: "pl.LightningModule", module_types: tuple[str | type, ...], include: tuple[str, ...],
+        exclude: tuple[str, ...],
+    ) -> list[str]:  # fmt: skip
+        with self._filters(module_types, include, exclude):
+            return self._watch_names(pl_module, trainable_only=False)
+
+    def _check_selection(self, pl_module: "pl.LightningModule") -> None:
+        """Refuse filters that leave nothing to watch, before the first batch; name the filter that emptied it.
+
+        ``module_types``, then ``include``, then ``exclude`` are applied in turn; the first one that leaves nothing is
+        a ``ValueError``. When something else is the reason (a frozen model for ``GradientMonitor``, compiled code for
+        ``ActivationMonitor``), one warning says so instead; a model with nothing of the kind at all (no parameters)
+        is silent. A ``module_types`` entry that matches no module while the others do is a warning (with a "did
+        you mean").
+        """
+        me = type(self).__name__
+        model = type(pl_module).__name__
+        present = sorted({c.__name__ for m in pl_module.modules() for c in type(m).__mro__ if issubclass(c, nn.Module)})
+        for wanted in self.module_types:
+            name = wanted if isinstance(wanted, str) else wanted.__name__
+            if self.module_types != (wanted,) and not any(_type_matches(m, (wanted,)) for m in pl_module.modules()):
+                rank_zero_warn(
+                    f"{me}: `module_types` entry {name!r} matches no module of {model}.{did_you_mean(name, present)}"
+                )
+        if self._watch_names(pl_module):
+            return
+        if not self._selection(pl_module, (), (), ()):
+            return  # a model without parameters (or modules) to watch: nothing to say, nothing to log
+        typed = self._selection(pl_module, self.module_types, (), ())
+        if self.module_types and not typed:
+            names = [t if isinstance(t, str) else t.__name__ for t in self.module_types]
+            hint = "".join(did_you_mean(n, present) for n in names[:1])
+            raise ValueError(
+                f"{me}: `module_types`={names!r} matches no module of {model}, so there is nothing to watch."
+                f"{hint} Module types in the model: {', '.join(present[:12])}{' ...' if len(present) > 12 else ''}."
+            )
+        included = self._selection(pl_module, self.module_types, self.include, ())
+        if self.include and not included:
+            raise ValueError(
+                f"{me}: `include`={list(self.include)!r} matches none of the {len(typed)} {self._watches} "
+                f"(e.g. {', '.join(map(repr, typed[:5]))}), so there is nothing to watch."
+            )
+        if self.exclude and not self._selection(pl_module, self.module_types, self.include, self.exclude):
+            raise ValueError(
+                f"{me}: `exclude`={list(self.exclude)!r} removes all {len(included)} {self._watches} left to watch "
+                f"(e.g. {', '.join(map(repr, included[:5]))})."
+            )
+        rank_zero_warn(f"{me}: none of the selected {self._watches} of {model} can be watched ({self._nothing_why()}).")
+
+    def _nothing_why(self) -> str:
+        """Why the selected names are not watched when no filter is the reason (for the warning)."""
+        return "no reason known"
 
     # ------------------------------------------------------------------ the seam
 

@@ -17,6 +17,9 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from lightning_init.activations import nonlinearity_of
+
+# Runtime import: LightningCLI checks the restricted type while parsing (a YAML 0 is a parser error).
+from lightning_init.argtypes import PositiveInt
 from lightning_init.callbacks._base import (
     DEFAULT_HISTOGRAM_EVERY_N_STEPS,
     _document,
@@ -158,8 +161,8 @@ class ActivationMonitor(_LayerMonitor):
 
     def __init__(
         self,
-        every_n_steps: int | None = None,
-        histogram_every_n_steps: int | None = DEFAULT_HISTOGRAM_EVERY_N_STEPS,
+        every_n_steps: PositiveInt | None = None,
+        histogram_every_n_steps: PositiveInt | None = DEFAULT_HISTOGRAM_EVERY_N_STEPS,
         include: str | Sequence[str] | None = None,
         exclude: str | Sequence[str] | None = None,
         module_types: Sequence[str | type[nn.Module]] | None = None,
@@ -201,6 +204,16 @@ class ActivationMonitor(_LayerMonitor):
         self._warned_compiled = False
         #: Module name -> nonlinearity name (None for parameterized layers) of the modules of the last table.
         self.nonlinearities: dict[str, str | None] = {}
+
+    _watches = "modules"
+
+    @override
+    def _watch_names(self, pl_module: "pl.LightningModule", *, trainable_only: bool = True) -> list[str]:
+        return [n for n, _ in self._watched_modules(pl_module)]
+
+    @override
+    def _nothing_why(self) -> str:
+        return "they run compiled by `torch.compile`"
 
     def _watched_modules(self, pl_module: "pl.LightningModule") -> list[tuple[str, nn.Module]]:
         compiled = compiled_regions(pl_module)

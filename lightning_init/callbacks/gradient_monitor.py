@@ -17,6 +17,9 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from lightning_init import writers
+
+# Runtime import: LightningCLI checks the restricted type while parsing (a YAML 0 is a parser error).
+from lightning_init.argtypes import PositiveInt
 from lightning_init.callbacks._base import (
     DEFAULT_HISTOGRAM_EVERY_N_STEPS,
     _document,
@@ -167,8 +170,8 @@ class GradientMonitor(_LayerMonitor):
 
     def __init__(
         self,
-        every_n_steps: int | None = None,
-        histogram_every_n_steps: int | None = DEFAULT_HISTOGRAM_EVERY_N_STEPS,
+        every_n_steps: PositiveInt | None = None,
+        histogram_every_n_steps: PositiveInt | None = DEFAULT_HISTOGRAM_EVERY_N_STEPS,
         include: str | Sequence[str] | None = None,
         exclude: str | Sequence[str] | None = None,
         module_types: Sequence[str | type[nn.Module]] | None = None,
@@ -362,6 +365,14 @@ class GradientMonitor(_LayerMonitor):
     @override
     def _row_tag(self, name: str) -> str:
         return self._total_tag if name == "total" else name
+
+    @override
+    def _watch_names(self, pl_module: "pl.LightningModule", *, trainable_only: bool = True) -> list[str]:
+        return [n for n, p in self._watched_parameters(pl_module) if p.requires_grad or not trainable_only]
+
+    @override
+    def _nothing_why(self) -> str:
+        return "every one is frozen, `requires_grad=False`: there are no gradients"
 
     @override
     def on_before_optimizer_step(

@@ -5,25 +5,35 @@ The math lives in :mod:`lightning_init.init` / :mod:`lightning_init.schemes`; th
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
-
-# Runtime imports on purpose: LightningCLI (jsonargparse) validates these restricted types while parsing the config, so
-# an out-of-range value is a clean parser error instead of a traceback when the callback is instantiated.
-from jsonargparse.typing import OpenUnitInterval, PositiveFloat, PositiveInt
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
+# Runtime import on purpose: LightningCLI (jsonargparse) checks these restricted types while parsing the config, so an
+# out-of-range value is a parser error before the callback is built.
+from lightning_init.argtypes import FiniteFloat, OpenUnitInterval, PositiveFiniteFloat, PositiveInt
 from lightning_init.callbacks._compat import sharded_strategy
+from lightning_init.checks import check_bool, check_seed
 from lightning_init.graph import call_with, to_device
 from lightning_init.init import RESIDUAL_PRESETS, InitReport, ResidualPreset, init_module, materialize_
 from lightning_init.lsuv import check_lsuv_args, default_forward
 from lightning_init.rules import InitRule, as_rules
-from lightning_init.schemes import DATA_SCHEMES, FanMode, Nonlinearity, SchemeName, check_choice, validate_scheme
+from lightning_init.schemes import (
+    DATA_SCHEMES,
+    FanMode,
+    Nonlinearity,
+    SchemeName,
+    check_choice,
+    check_magnitude,
+    validate_scheme,
+)
 from lightning_init.writers import log_text
 
 if TYPE_CHECKING:
@@ -42,8 +52,11 @@ class WeightInit(Callback):
     Softplus, LeCun normal for SELU); it runs one side-effect-free forward of ``example_input_array`` when the module
     has one. See :func:`lightning_init.init_module` for what norms, embeddings, RNNs and attention get.
 
-    - **Resume:** when fit resumes from a checkpoint (``ckpt_path``) or this callback's state says it already ran, it
-      changes nothing and logs one info line.
+    - **Resume:** when fit resumes from a checkpoint (``ckpt_path``) or this callback's state was restored from one
+      (``load_state_dict``), it changes nothing and logs one info line.
+    - **Reuse:** the same object in a later fit initializes that fit's model (a sweep loop that reuses its callback
+      list gets the scheme's weights every time; the info line says it initialized a new model), unless the model is
+      the very one it initialized before (a second ``fit`` continuing training: its weights are kept).
     - **DDP:** parameters are broadcast from rank 0 after init, so every rank holds the same weights.
     - **FSDP / DeepSpeed / ModelParallel:** refused (parameters are sharded and restored after setup); call
       ``lightning_init.init_module(self, ...)`` inside ``configure_model`` instead.
@@ -103,8 +116,10 @@ class WeightInit(Callback):
 
     Raises:
         ValueError: In ``__init__``, for an unknown scheme (with the closest name), a parameter the scheme does not
-            take or a value out of range; at fit start, for a rule that matches no layer; with LSUV, at the first
-            training batch, for a batch the default forward cannot read (define ``lsuv_forward``).
+            take, a value of the wrong type (``std="0.1"``, ``seed=1.5``, ``weights_loaded="no"``), not finite
+            (``bias=nan``) or out of range; at fit start, for a rule that matches no layer, or with LSUV a model
+            with neither ``forward`` nor ``lsuv_forward``; with LSUV, at the first training batch and before any
+            weight changes, for a batch the model's forward cannot take (wrong shape, unreadable structure).
         RuntimeError: In ``setup``, under FSDP, DeepSpeed or ModelParallel strategies.
 
     Example::
@@ -120,15 +135,15 @@ class WeightInit(Callback):
         self,
         scheme: SchemeName = "auto",
         *,
-        mean: float | None = None,
-        std: PositiveFloat | None = None,
-        a: float | None = None,
-        b: float | None = None,
+        mean: FiniteFloat | None = None,
+        std: PositiveFiniteFloat | None = None,
+        a: FiniteFloat | None = None,
+        b: FiniteFloat | None = None,
         mode: FanMode | None = None,
         nonlinearity: Nonlinearity | None = None,
-        gain: PositiveFloat | None = None,
-        value: float | None = None,
-        bias: float = 0.0,
+        gain: PositiveFiniteFloat | None = None,
+        value: FiniteFloat | None = None,
+        bias: FiniteFloat = 0.0,
         rules: list[InitRule] | None = None,
         seed: int | None = None,
         weights_loaded: bool = False,
@@ -142,9 +157,9 @@ class WeightInit(Callback):
         self.params: dict[str, Any] = {k: v for k, v in params.items() if v is not None}
         validate_scheme(scheme, self.params)
         self.rules = as_rules(rules)
-        self.bias = float(bias)
-        self.seed = seed
-        self.weights_loaded = weights_loaded
+        self.bias = check_magnitude("bias", bias)
+        self.seed = check_seed("seed", seed)
+        self.weights_loaded = check_bool("weights_loaded", weights_loaded)
         self.lsuv_tol = 0.1 if lsuv_tol is None else lsuv_tol
         self.lsuv_max_iters = 10 if lsuv_max_iters is None else lsuv_max_iters
         check_choice("residual", residual, RESIDUAL_PRESETS)
@@ -164,7 +179,9 @@ class WeightInit(Callback):
                         f"(scheme is {scheme!r} and no rule uses 'lsuv')."
                     )
         self.report: InitReport | None = None
-        self._applied = False
+        self._applied = False  # this object initialized a model (in this or an earlier fit)
+        self._restored = False  # load_state_dict said the checkpointed run had initialized its model
+        self._model: weakref.ref[torch.nn.Module] | None = None  # the model it initialized, not kept alive
         self._pending = False
 
     @override
@@ -181,19 +198,28 @@ class WeightInit(Callback):
 
     @override
     def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
-        if self._applied or trainer.ckpt_path is not None:
-            self._applied = True
+        restored, self._restored = self._restored, False
+        if trainer.ckpt_path is not None or restored:
+            self._applied, self._model = True, weakref.ref(pl_module)
             where = f"checkpoint {trainer.ckpt_path}" if trainer.ckpt_path is not None else "restored callback state"
             rank_zero_info(f"WeightInit: resuming from {where}; weights left unchanged.")
             return
+        if self._model is not None and self._model() is pl_module:
+            rank_zero_info(
+                "WeightInit: this callback initialized this same model in an earlier fit; weights left unchanged "
+                "(training continues from them)."
+            )
+            return
         if self.weights_loaded and not self.rules:
-            self._applied = True
+            self._applied, self._model = True, weakref.ref(pl_module)
             rank_zero_info("WeightInit: weights_loaded=True and no rules; weights left unchanged.")
             return
         if _has_lazy(pl_module) and pl_module.example_input_array is not None:
             x = to_device(pl_module.example_input_array, pl_module.device)
             materialize_(pl_module, lambda: call_with(pl_module, x))  # before the monitors' first look, too
         if self._data_dependent or _has_lazy(pl_module):
+            if self._data_dependent:
+                _check_lsuv_forward(pl_module)
             self._pending = True  # applied at the first training batch: see on_train_batch_start
             return
         self._apply(trainer, pl_module, batch=None)
@@ -213,9 +239,12 @@ class WeightInit(Callback):
 
     def _apply(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", batch: Any) -> None:
         """Initialize, synchronize ranks, report. The one place a scheme is resolved and applied."""
+        again = self._applied  # this object initialized another model in an earlier fit
         if batch is not None and _has_lazy(pl_module) and pl_module.example_input_array is None:
             run = _lsuv_forward(pl_module) or default_forward
             materialize_(pl_module, lambda: run(pl_module, batch))
+        if batch is not None and self._data_dependent:
+            _probe_lsuv_forward(pl_module, batch, self.scheme, self.lsuv_tol, self.lsuv_max_iters)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             report = init_module(
@@ -235,18 +264,104 @@ class WeightInit(Callback):
             )
         _broadcast_from_rank_zero(trainer, pl_module)
         self._applied, self._pending, self.report = True, False, report
+        self._model = weakref.ref(pl_module)
         for w in caught:
             rank_zero_warn(str(w.message), category=w.category)
-        rank_zero_info(f"WeightInit ({self.scheme}):\n{report.to_text()}")
+        note = (
+            " (a new model: this callback initialized another one in an earlier fit; nothing was restored from a "
+            "checkpoint)"
+            if again
+            else ""
+        )
+        rank_zero_info(f"WeightInit ({self.scheme}){note}:\n{report.to_text()}")
         log_text(trainer, "weight_init/report", report.to_markdown(), trainer.global_step)
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"applied": self._applied}
+        return {"applied": self._applied or self._restored}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._applied = bool(state_dict.get("applied", False))
+        # Called when a checkpoint is restored: the checkpointed run's model was initialized, and the weights about to
+        # be (or just) loaded are its trained weights. Consumed by the next on_fit_start.
+        self._restored = bool(state_dict.get("applied", False))
+
+
+def _has_own_forward(pl_module: torch.nn.Module) -> bool:
+    """Whether ``pl_module``'s class defines ``forward`` (nn.Module's and LightningModule's only raise)."""
+    from lightning.pytorch import LightningModule
+
+    forward = getattr(type(pl_module), "forward", None)
+    return forward not in (None, torch.nn.Module.forward, LightningModule.forward)
+
+
+def _check_lsuv_forward(pl_module: "pl.LightningModule") -> None:
+    """Refuse, at fit start, a model LSUV cannot run: neither ``forward`` nor ``lsuv_forward(self, batch)``."""
+    if not callable(getattr(pl_module, LSUV_FORWARD_HOOK, None)) and not _has_own_forward(pl_module):
+        raise ValueError(
+            f"WeightInit(scheme='lsuv') runs the model on the first training batch, but {type(pl_module).__name__} "
+            f"defines neither `forward` nor `{LSUV_FORWARD_HOOK}(self, batch)`: define `forward`, or "
+            f"`{LSUV_FORWARD_HOOK}(self, batch)` returning the model's output on the batch."
+        )
+
+
+def _describe_batch(batch: Any) -> str:
+    if isinstance(batch, torch.Tensor):
+        return f"a tensor of shape {tuple(batch.shape)}"
+    if isinstance(batch, (tuple, list)):
+        first = f", first element {_describe_batch(batch[0])}" if batch else ""
+        return f"a {type(batch).__name__} of {len(batch)}{first}"
+    if isinstance(batch, dict):
+        return f"a dict with keys {sorted(map(str, batch))[:10]}"
+    return f"a {type(batch).__name__}"
+
+
+def _probe_lsuv_forward(pl_module: "pl.LightningModule", batch: Any, scheme: str, tol: float, max_iters: int) -> None:
+    """Run LSUV's forward once on ``batch`` before any weight changes; refuse with a clear message if it fails.
+
+    The probe runs like LSUV's own passes: eval mode, ``torch.no_grad()``, torch's RNG forked, each module's
+    ``training`` flag restored; compiled code runs eagerly (``torch.compiler.set_stance("force_eager")``), so the probe
+    compiles nothing that LSUV's hooked passes would then reuse.
+    """
+    custom = callable(getattr(pl_module, LSUV_FORWARD_HOOK, None))
+    if not custom:
+        check_lsuv_args(tol, max_iters, batch)  # a batch the default forward cannot read: its own message
+    forward = _lsuv_forward(pl_module) or default_forward
+    flags = [(m, m.training) for m in pl_module.modules()]
+    try:
+        with torch.random.fork_rng(devices=[]), torch.no_grad(), _eager():
+            for m, _ in flags:
+                m.training = False
+            forward(pl_module, batch)
+    except Exception as err:
+        how = f"`{LSUV_FORWARD_HOOK}(batch)`" if custom else _default_call(batch)
+        raise ValueError(
+            f"WeightInit({scheme!r}): LSUV runs the model on the first training batch ({_describe_batch(batch)}) "
+            f"through {how}, which failed with {type(err).__name__}: {err}. No weight was changed. "
+            + (
+                f"Fix `{LSUV_FORWARD_HOOK}`."
+                if custom
+                else f"Define `{LSUV_FORWARD_HOOK}(self, batch)` on the LightningModule to say how the model consumes "
+                "a batch."
+            )
+        ) from err
+    finally:
+        for m, training in flags:
+            m.training = training
+
+
+def _eager() -> contextlib.AbstractContextManager[Any]:
+    """Run ``torch.compile``d code eagerly inside the block (torch >= 2.6; earlier versions: no change)."""
+    set_stance = getattr(torch.compiler, "set_stance", None)
+    return set_stance("force_eager") if set_stance is not None else contextlib.nullcontext()
+
+
+def _default_call(batch: Any) -> str:
+    if isinstance(batch, torch.Tensor):
+        return "the default `pl_module(batch)`"
+    if isinstance(batch, (tuple, list)):
+        return "the default `pl_module(batch[0])`"
+    return "the default `pl_module(batch['x'])`"
 
 
 def _lsuv_forward(pl_module: "pl.LightningModule") -> Callable[[torch.nn.Module, Any], Any] | None:

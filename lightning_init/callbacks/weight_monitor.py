@@ -15,6 +15,8 @@ import torch
 from torch import Tensor, nn
 from typing_extensions import override
 
+# Runtime import: LightningCLI checks the restricted type while parsing (a YAML 0 is a parser error).
+from lightning_init.argtypes import PositiveInt
 from lightning_init.callbacks._base import (
     DEFAULT_HISTOGRAM_EVERY_N_STEPS,
     _document,
@@ -44,8 +46,10 @@ class WeightMonitor(_LayerMonitor):
     """Log per-parameter weight statistics (and histograms) during training.
 
     Weights are measured before any update (at fit start) and after the update of every logging step; see the module
-    docstring for the step convention. For ``update_ratio`` the watched weights are copied in
-    ``on_before_optimizer_step`` of logging steps only, into buffers allocated on the first such step and reused
+    docstring for the step convention. A fit resumed from a checkpoint at step ``k`` does not measure at fit start:
+    the run that saved the checkpoint logged the weights at ``k``, so every tag holds each step once. For
+    ``update_ratio`` the watched weights are copied in ``on_before_optimizer_step`` of logging steps only, into
+    buffers allocated on the first such step and reused
     (one copy of the watched weights while fitting, released at fit end, on exception and in teardown), so memory
     does not grow with the number of steps.
 
@@ -54,7 +58,8 @@ class WeightMonitor(_LayerMonitor):
     - ``weight_mean/{param}``, ``weight_std/{param}`` (unbiased, as ``Tensor.std()``), ``weight_norm/{param}`` (L2),
       ``weight_abs_max/{param}``;
     - ``weight_update_ratio/{param}``: ``‖w_after - w_before‖ / ‖w_before‖`` over the optimizer step (healthy
-      training sits near 1e-3; not logged at fit start);
+      training sits near 1e-3; not logged at fit start, and not logged for a step whose ``‖w_before‖`` is 0, e.g.
+      the first update of a zero-initialized bias: the ratio is undefined there, not ``+inf``);
     - ``weight_row_spread/{param}`` only when asked for in ``stats``;
     - histograms ``weight/{param}`` (TensorBoard only) on histogram steps and at fit start;
     - with ``health=True`` (see "Health checks"): ``health/nonfinite_weight``, ``health/symmetric``,
@@ -108,8 +113,8 @@ class WeightMonitor(_LayerMonitor):
 
     def __init__(
         self,
-        every_n_steps: int | None = None,
-        histogram_every_n_steps: int | None = DEFAULT_HISTOGRAM_EVERY_N_STEPS,
+        every_n_steps: PositiveInt | None = None,
+        histogram_every_n_steps: PositiveInt | None = DEFAULT_HISTOGRAM_EVERY_N_STEPS,
         include: str | Sequence[str] | None = None,
         exclude: str | Sequence[str] | None = None,
         module_types: Sequence[str | type[nn.Module]] | None = None,
@@ -183,7 +188,8 @@ class WeightMonitor(_LayerMonitor):
         if scalars:
             if snapshot_ok:
                 for i, name in enumerate(names):
-                    table[name]["update_ratio"] = safe_ratio(host["_diff"][i], host["_before"][i])
+                    if host["_before"][i] != 0.0:  # undefined for a weight of norm 0 (a zero bias's first update)
+                        table[name]["update_ratio"] = safe_ratio(host["_diff"][i], host["_before"][i])
                     table[name]["update_norm"] = host["_diff"][i]  # read by the health rules, not logged
             self._parameter_context(pl_module, named)
             warm = frozenset(n for n, p in named if id(p) in self._warmup)
@@ -196,6 +202,11 @@ class WeightMonitor(_LayerMonitor):
     def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         super().on_train_start(trainer, pl_module)
         if self._every is None and self.histogram_every_n_steps is None:
+            return
+        if trainer.ckpt_path is not None and trainer.global_step > 0:
+            # Resumed at step k: the run that saved the checkpoint logged these weights at k (if k was a logging
+            # step); logging them again would write every weight tag twice at k (and a health count without the
+            # update ratio). The next logging step continues the curves.
             return
         with torch.no_grad():
             self._measure(

@@ -3,7 +3,7 @@
 An :class:`~lightning_init.hooks.ActivationRecorder` keeps one small row per module call
 (:data:`lightning_init.stats.ACTIVATION_ROW`). To describe the *global* batch of a data-parallel step, each process
 first merges its own calls into one row of :data:`MOMENT_COLUMNS` per module, on the device
-(:func:`local_moments`); the processes exchange these ``[modules, 8]`` tables in ONE collective (``all_gather``); and
+(:func:`local_moments`); the processes exchange these ``[modules, 10]`` tables in ONE collective (``all_gather``); and
 every process merges the gathered tables the same way on the host (:func:`merge_moments`), so every process ends with
 the same numbers and takes the same health decisions.
 
@@ -22,6 +22,10 @@ column        reduction
 ``saturated`` sum (count of outputs near the bounds of tanh/sigmoid)
 ``nonfinite`` sum (count of NaN/Inf outputs)
 ``order``     min (position of the module's first call: forward execution order)
+``signal_norm`` ``sqrt`` of the pooled within-unit sum of squares (each call's, and each process's,
+              deviations of every unit from its own mean across the samples: the signal std's
+              numerator, pooled over calls)
+``signal_dof``  sum (its degrees of freedom)
 ============  =====================================================================
 
 Never imports Lightning.
@@ -47,7 +51,18 @@ __all__ = [
 ]
 
 #: Columns of the per-module moment table exchanged between processes.
-MOMENT_COLUMNS: tuple[str, ...] = ("numel", "mean", "dev_norm", "abs_max", "zeros", "saturated", "nonfinite", "order")
+MOMENT_COLUMNS: tuple[str, ...] = (
+    "numel",
+    "mean",
+    "dev_norm",
+    "abs_max",
+    "zeros",
+    "saturated",
+    "nonfinite",
+    "order",
+    "signal_norm",
+    "signal_dof",
+)
 _W = len(MOMENT_COLUMNS)
 
 
@@ -73,8 +88,8 @@ def local_moments(
         device: where to build the table when no module ran (default: CPU).
 
     Returns:
-        A ``[len(names), 8]`` float64 tensor (float32 on MPS). ``order`` is the position of the module in
-        ``rows``' insertion order (the order modules first ran).
+        A ``[len(names), len(MOMENT_COLUMNS)]`` float64 tensor (float32 on MPS). ``order`` is the position of the
+        module in ``rows``' insertion order (the order modules first ran).
     """
     ran = [n for n in rows if rows[n]]
     first = next((rows[n][0] for n in ran), None)
@@ -106,15 +121,29 @@ def local_moments(
     counts = torch.zeros(m, 3, dtype=dtype, device=dev).index_add_(0, idx, stacked[:, 3:6])
     position = {name: float(p) for p, name in enumerate(ran)}
     order = torch.tensor([position.get(name, math.inf) for name in names], dtype=dtype, device=dev)
+    dof = stacked[:, 7]
+    ss = torch.where(dof > 0, stacked[:, 6].square() * dof, torch.zeros_like(dof))  # NaN signal of 1-sample calls
+    signal = torch.zeros(m, 2, dtype=dtype, device=dev).index_add_(0, idx, torch.stack([ss, dof], dim=1))
     return torch.cat(
-        [total[:, None], mean[:, None], m2.sqrt()[:, None], amax_m[:, None], counts, order[:, None]], dim=1
+        [
+            total[:, None],
+            mean[:, None],
+            m2.sqrt()[:, None],
+            amax_m[:, None],
+            counts,
+            order[:, None],
+            signal[:, :1].sqrt(),
+            signal[:, 1:],
+        ],
+        dim=1,
     )
 
 
 def merge_moments(parts: Sequence[Sequence[float]], *, bounded: bool) -> dict[str, float]:
     """Merge one module's moment rows from several processes (host side) into its statistics.
 
-    Returns ``mean``, ``std`` (unbiased over all elements), ``abs_max``, ``zero_fraction``, ``nonfinite`` and, for a
+    Returns ``mean``, ``std`` (unbiased over all elements), ``signal_std`` (the pooled within-unit std across the
+    samples, :func:`lightning_init.stats.activation_row`), ``abs_max``, ``zero_fraction``, ``nonfinite`` and, for a
     ``bounded`` activation, ``saturation``; NaN statistics when no process saw an element.
     """
     total = 0.0
@@ -122,9 +151,13 @@ def merge_moments(parts: Sequence[Sequence[float]], *, bounded: bool) -> dict[st
     m2 = 0.0
     amax = 0.0
     zeros = saturated = nonfinite = 0.0
-    for numel, mu, dev_norm, mx, z, s, nf, *_ in parts:
+    signal_ss = signal_dof = 0.0
+    for numel, mu, dev_norm, mx, z, s, nf, *rest in parts:
         if numel <= 0:
             continue
+        if len(rest) >= 3:  # order, signal_norm, signal_dof
+            signal_ss += rest[1] * rest[1]
+            signal_dof += rest[2]
         part_m2 = dev_norm * dev_norm
         if total == 0:
             mean, m2 = mu, part_m2
@@ -142,10 +175,11 @@ def merge_moments(parts: Sequence[Sequence[float]], *, bounded: bool) -> dict[st
         saturated += s
         nonfinite += nf
     if total == 0:
-        return {k: math.nan for k in ("mean", "std", "abs_max", "zero_fraction", "nonfinite")}
+        return {k: math.nan for k in ("mean", "std", "signal_std", "abs_max", "zero_fraction", "nonfinite")}
     out = {
         "mean": mean,
         "std": math.sqrt(m2 / (total - 1)) if total > 1 and m2 >= 0 else (0.0 if total <= 1 else math.nan),
+        "signal_std": math.sqrt(signal_ss / signal_dof) if signal_dof > 0 else math.nan,
         "abs_max": amax,
         "zero_fraction": zeros / total,
         "nonfinite": nonfinite,

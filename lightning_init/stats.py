@@ -52,7 +52,16 @@ GradStat = Literal[
 ]
 #: Statistics of a module output (``activation_{stat}/{module}``).
 ActivationStat = Literal[
-    "mean", "std", "abs_max", "zero_fraction", "saturation", "nonfinite", "underflow", "overflow", "dynamic_range"
+    "mean",
+    "std",
+    "signal_std",
+    "abs_max",
+    "zero_fraction",
+    "saturation",
+    "nonfinite",
+    "underflow",
+    "overflow",
+    "dynamic_range",
 ]
 
 WEIGHT_STATS: tuple[str, ...] = get_args(WeightStat)
@@ -319,7 +328,7 @@ def host_histograms(counts: Sequence[float], meta: Sequence[float], n: int, bins
 # ------------------------------------------------------------------------------------------ activations
 
 #: Columns of :func:`activation_row`; counts are element counts of one call.
-ACTIVATION_ROW: tuple[str, ...] = ("mean", "std", "abs_max", "zeros", "saturated", "nonfinite")
+ACTIVATION_ROW: tuple[str, ...] = ("mean", "std", "abs_max", "zeros", "saturated", "nonfinite", "signal", "signal_dof")
 
 
 def first_float_tensor(output: Any) -> Tensor | None:
@@ -343,23 +352,38 @@ def activation_row(output: Tensor, bounds: tuple[float, float] | None = None) ->
     Reduced in float32 (half-precision outputs are upcast), over all elements. ``saturated`` counts outputs within
     :data:`SATURATION_MARGIN` of ``bounds`` (0 when ``bounds`` is None). The output itself is not kept.
 
-    Mean and std are computed on the output divided by its ``abs_max`` (two passes: ``sum``, then the centred
-    ``vector_norm``) and scaled back, so huge finite outputs (1e30) give finite statistics without a host-side
-    repair (the output is gone by the time the row reaches the host). ``zeros`` counts exact zeros (``-0.0``
-    included), ``nonfinite`` the NaN/Inf elements (the non-zeros of ``output * 0``).
+    Mean and std are computed on the output divided by its ``abs_max`` and scaled back, so huge finite outputs
+    (1e30) give finite statistics without a host-side repair (the output is gone by the time the row reaches the
+    host). ``zeros`` counts exact zeros (``-0.0`` included), ``nonfinite`` the NaN/Inf elements (the non-zeros of
+    ``output * 0``).
+
+    ``signal`` is the *signal* std: the std of each unit (every element of a sample: a feature, a channel at a
+    position) across the samples of the first dimension, pooled over the units (``sqrt(mean_u var_n x[n, u])``,
+    ``signal_dof = (n - 1) x units`` degrees of freedom; NaN for fewer than 2 samples). Per-unit offsets (a bias, a
+    constant pattern) are not signal: an output that is the same for every sample has signal 0 whatever its std.
+    The plain ``std`` decomposes exactly into this within-unit part and the spread of the unit means, computed in
+    one pass over the centred temporary.
     """
     x = output.detach()
     if x.dtype != torch.float32 and x.dtype != torch.float64:
         x = x.float()
     n = x.numel()
     if n == 0:
-        return torch.tensor([math.nan, math.nan, 0.0, 0.0, 0.0, 0.0], device=x.device)
+        return torch.tensor([math.nan, math.nan, 0.0, 0.0, 0.0, 0.0, math.nan, 0.0], device=x.device)
     lo, hi = torch.aminmax(x)
     amax = torch.maximum(hi, lo.neg())  # NaN if any NaN, inf if any Inf
     scale = torch.where(torch.isfinite(amax) & (amax > 0), amax, 1.0)
     y = x / scale  # |y| <= 1: its squares cannot overflow
-    mean_y = y.sum() / n
-    std_y = torch.linalg.vector_norm(y.sub_(mean_y)) / math.sqrt(max(n - 1, 1))
+    samples = x.shape[0] if x.ndim >= 1 else 1
+    units = n // samples
+    yu = y.reshape(samples, units)
+    unit_mean = yu.mean(dim=0)  # [units]
+    mean_y = unit_mean.mean()
+    within = torch.linalg.vector_norm(yu.sub_(unit_mean))  # in place: y is now centred per unit
+    between = torch.linalg.vector_norm(unit_mean - mean_y) * math.sqrt(samples)
+    std_y = torch.hypot(within, between) / math.sqrt(max(n - 1, 1))
+    signal_dof = (samples - 1) * units
+    signal_y = within / math.sqrt(signal_dof) if signal_dof > 0 else within.new_full((), math.nan)
     torch.mul(x, 0, out=y)  # reuse the temporary: NaN exactly where x is NaN/Inf, 0 elsewhere
     nonfinite = y.bool().sum()  # ``bool()`` + ``sum`` is ~2x cheaper on CPU than ``== 0`` or ``count_nonzero``
     zeros = n - x.bool().sum()  # NaN counts as non-zero, as in ``count_nonzero``
@@ -376,6 +400,8 @@ def activation_row(output: Tensor, bounds: tuple[float, float] | None = None) ->
             zeros.float(),
             saturated.float(),
             nonfinite.float(),
+            (signal_y * scale).float(),
+            torch.full((), float(signal_dof), device=x.device),
         ]
     )
 

@@ -365,7 +365,7 @@ def test_model_without_parameters_runs_without_warnings_from_us(tmp_path: Path, 
     per_layer = [t for t in tags["scalars"] if not t.startswith("health/")]
     # The ReLU module is watched when its output is computed (only when the step runs the model).
     assert sorted(per_layer) == (
-        sorted(f"activation_{s}/act" for s in ("mean", "std", "abs_max", "zero_fraction", "nonfinite"))
+        sorted(f"activation_{s}/act" for s in ("mean", "std", "signal_std", "abs_max", "zero_fraction", "nonfinite"))
         if optimize
         else []
     )

@@ -1,6 +1,7 @@
 import itertools
 import math
 import pickle
+import statistics
 import tracemalloc
 
 import pytest
@@ -92,26 +93,54 @@ def test_healthy_profiles_have_no_finding():
 # ------------------------------------------------------------------------------------------------ gradients
 
 
+def _flagged_by_deeper_median(norms, ratio, below=True):
+    """Reference semantics: flagged where norm < ratio * median(deeper norms) (or > for growth)."""
+    out = []
+    for i, n in enumerate(norms[:-1]):
+        ref = statistics.median(norms[i + 1 :])
+        if (n < ratio * ref) if below else (n > ratio * ref):
+            out.append(i)
+    return out
+
+
 def test_vanishing_grads_by_depth_profile():
-    # normal(std=0.01), width 256: gain 0.01 * sqrt(256 / 2) = 0.113 per layer.
+    # normal(std=0.01), width 256: gain 0.01 * sqrt(256 / 2) = 0.113 per layer, for weight and bias gradients alike
+    # (a weight's gradient is its bias's times the input's scale, here 10).
     gain = 0.01 * math.sqrt(128)
-    table = grad_table([1.0] * DEPTH, theory_profile(gain))
+    biases = theory_profile(gain)
+    table = grad_table([10 * b for b in biases], biases)
     found = check_grads(table, step=7, vanishing_grad_floor=0.0)  # isolate the depth-profile rule
     assert {f.rule for f in found} == {"vanishing_grad"}
     flagged = [f.layers[0] for f in found]
-    # 0.113^k < 1e-4 from k = 5 deeper layers on: biases of layers 0..6 (k = 11..5).
-    expected = [f"net.{2 * i}.bias" for i in range(DEPTH) if gain ** (DEPTH - 1 - i) < 1e-4]
+    # each parameter against the median of the deeper ones of its kind: layer i against ~gain^((12 - i) / 2) x its
+    # own norm, below 1e-4 for i <= 3 (gain^4.5 = 5.5e-5; gain^4 = 1.6e-4 is not)
+    layers = _flagged_by_deeper_median(biases, 1e-4)
+    assert layers == [0, 1, 2, 3]
+    expected = [f"net.{2 * i}.{p}" for i in layers for p in ("weight", "bias")]
     assert flagged == expected
     first = found[0]
-    assert first.value == pytest.approx(gain ** (DEPTH - 1), rel=1e-9)  # relative to net.22.bias, the largest
+    assert first.value == pytest.approx(biases[0] / statistics.median(biases[1:]), rel=1e-9)
     # With the default floor, the tiny layers are also below 1e-9: still one rule, counted once per layer.
     assert {f.layers[0] for f in check_grads(table, step=7)} >= set(expected)
     assert first.threshold == 1e-4
     assert first.step == 7
     assert "vanishing" in first.message
-    assert "net.0.bias" in first.message
+    assert "net.0.weight" in first.message
     assert "Kaiming" in first.message
     assert "Xavier" in first.message
+
+
+def test_depth_profile_does_not_cascade_from_one_tiny_deep_gradient():
+    # A healthy Kaiming profile with one tiny (but not structurally zero) weight gradient deep in the net: the
+    # first version compared every shallower layer with the smallest deeper one and flagged all eleven as exploding.
+    weights = list(KAIMING_W)
+    weights[10] = 1e-7
+    found = check_grads(grad_table(weights, [w / 10 for w in weights]), step=0)
+    assert {(f.rule, f.layers[0]) for f in found} == {
+        ("vanishing_grad", "net.20.weight"),  # 1e-7 against the deepest (6.1)
+        ("vanishing_grad", "net.20.bias"),
+    }
+    # Against the median of the deeper ones, net.18 (4.7) sees median(1e-7, 6.1) = 3.05: not exploding.
 
 
 def test_vanishing_grads_absolute_floor_on_flat_tiny_profile():
@@ -123,19 +152,22 @@ def test_vanishing_grads_absolute_floor_on_flat_tiny_profile():
 
 
 def test_exploding_grads_ceiling_and_growth():
-    found = check_grads(grad_table([4e11] * DEPTH, [1.0] * DEPTH), step=0)
+    found = [f for f in check_grads(grad_table([4e11] * DEPTH, [1.0] * DEPTH), step=0) if not f.info]
     assert {f.rule for f in found} == {"exploding_grad"}
     assert len(found) == DEPTH
     assert "exploding" in found[0].message
     assert "gradient_clip" in found[0].message
     assert "learning rate" in found[0].message
-    # Growth toward the input (std=1.0: gain 11.3 per layer), norms all under the ceiling.
+    # Growth toward the input (std=1.0: gain 11.3 per layer), norms all under the ceiling; weight gradients are
+    # their biases' times the input scale (10), capped like them.
     gain = math.sqrt(128)
-    biases = [min(b, 9e3) for b in theory_profile(gain, top=1e-6)]
-    found = check_grads(grad_table(KAIMING_W, biases), step=0)
+    biases = [min(b, 9e2) for b in theory_profile(gain, top=1e-6)]
+    found = check_grads(grad_table([10 * b for b in biases], biases), step=0)
     assert found
     assert {f.rule for f in found} == {"exploding_grad"}
-    assert all(f.layers[0].endswith(".bias") for f in found)
+    layers = _flagged_by_deeper_median(biases, 1e4, below=False)
+    assert layers
+    assert [f.layers[0] for f in found] == [f"net.{2 * i}.{p}" for i in layers for p in ("weight", "bias")]
     assert all(f.value > 1e4 for f in found)
     # The deeper layers are the reference: never flagged as vanishing.
     assert not any(f.rule == "vanishing_grad" for f in found)
@@ -324,7 +356,7 @@ def test_tracker_warns_once_per_rule_and_layer_and_counts():
     new = tracker.update(20, check_activations(table, nls, step=20))
     assert [(f.rule, f.layers) for f in new] == [("nonfinite", ("net.1",))]
     assert tracker.counts == {"nonfinite": 1, "vanishing_activation": 0, "exploding_activation": 0, "dead": 1,
-                              "saturated": 0, "underflow": 0, "overflow": 0}  # fmt: skip
+                              "saturated": 0, "output_scale": 0, "underflow": 0, "overflow": 0}  # fmt: skip
     # Healthy step: counts back to zero.
     assert tracker.update(30, []) == []
     assert set(tracker.scalars().values()) == {0.0}
@@ -411,3 +443,76 @@ def test_tracker_markdown_says_not_finite_for_a_nan_weight():
     tracker.update(3, check_weights(table, step=3), layers=list(table))
     md = tracker.to_markdown()
     assert "nonfinite: nan (not finite)" in md, md
+
+
+def test_readme_rule_table_is_the_rule_table():
+    from pathlib import Path
+
+    from lightning_init.health import RULE_TABLE, THRESHOLDS, rule_table_markdown
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert rule_table_markdown() in readme
+    assert {s.threshold for s in RULE_TABLE if s.threshold} == {t.name for t in THRESHOLDS}  # every threshold used
+
+
+def test_thresholds_object_shared_by_monitors_and_own_arguments_override():
+    from lightning_init import ActivationMonitor, GradientMonitor, WeightMonitor
+
+    strict = HealthThresholds(vanishing_grad_ratio=1e-3, dead_fraction=0.8)
+    assert GradientMonitor(thresholds=strict).thresholds.vanishing_grad_ratio == 1e-3
+    assert ActivationMonitor(thresholds=strict).thresholds.dead_fraction == 0.8
+    assert WeightMonitor(thresholds=strict).thresholds == strict
+    assert GradientMonitor(thresholds=strict, vanishing_grad_floor=1e-12).thresholds.vanishing_grad_floor == 1e-12
+    with pytest.raises(ValueError, match="`thresholds` must be a HealthThresholds"):
+        GradientMonitor(thresholds={"dead_fraction": 0.5})  # type: ignore[arg-type]
+
+
+def test_update_ratio_judged_against_the_unit_scale_and_after_warmup():
+    from lightning_init.health import Context
+
+    # a class token at std 1e-6 (norm 1.4e-5) moved by Adam's first step (lr 1e-3 per element, 192 elements)
+    update = 1e-3 * math.sqrt(192)
+    table = {"cls_token": {"norm": update, "abs_max": 1e-3, "update_ratio": update / 1.4e-5, "update_norm": update}}
+    ctx = Context(roles={"cls_token": "free"}, scales={"cls_token": math.sqrt(192)})
+    assert check_weights(table, step=1) != []  # against its own norm: 1e3 x the bound
+    assert check_weights(table, step=1, context=ctx) == []  # against its unit-scale norm: 1e-3
+    big = {"w": {"norm": 1.0, "abs_max": 0.1, "update_ratio": 0.5, "update_norm": 0.5}}
+    assert [f.rule for f in check_weights(big, step=3, context=Context(scales={"w": 1.0}))] == ["update_ratio"]
+    assert check_weights(big, step=3, context=Context(scales={"w": 1.0}, warmup=frozenset({"w"}))) == []
+
+
+def test_tracker_requires_persistence_for_update_ratio():
+    tracker = HealthTracker("weight")
+    table = weight_table(depth=1, update=0.5)
+    assert tracker.confirm(check_weights(table, step=1)) == []  # one step: a candidate
+    assert [f.rule for f in tracker.confirm(check_weights(table, step=2))] == ["update_ratio"]  # two in a row
+    assert tracker.confirm([]) == []
+    assert tracker.confirm(check_weights(table, step=4)) == []  # the streak ended
+
+
+def test_grad_zero_bias_against_its_weight_and_exact_zero():
+    from lightning_init.health import Context
+
+    table = {
+        "bn.weight": {"norm": 0.3, "nonfinite": 0.0, "abs_max": 0.1},
+        "bn.bias": {"norm": 4e-9, "nonfinite": 0.0, "abs_max": 1e-9},  # 1.3e-8 of its weight's: float noise
+        "conv.weight": {"norm": 0.0, "nonfinite": 0.0, "abs_max": 0.0},  # exactly zero: behind a zero gamma
+        "fc.weight": {"norm": 0.5, "nonfinite": 0.0, "abs_max": 0.1},
+        "fc.bias": {"norm": 0.05, "nonfinite": 0.0, "abs_max": 0.01},
+    }
+    found = check_grads(table, step=0)
+    assert [(f.rule, f.layers[0], f.info) for f in found] == [
+        ("grad_zero", "bn.bias", True),
+        ("grad_zero", "conv.weight", True),
+    ]
+    tracker = HealthTracker("grad")
+    fresh = tracker.update(0, found)
+    assert [(f.rule, f.layers) for f in fresh] == [("grad_zero", ("bn.bias",)), ("grad_zero", ("conv.weight",))]
+    assert set(tracker.scalars().values()) == {0.0}  # never counted
+    assert tracker.update(1, found) == []  # reported once
+    assert "grad_zero at step 0: information" in tracker.to_markdown()
+    # a norm scale the loss is invariant to: gamma's gradient 1e-3 of beta's (MobileNetV3's ReLU blocks)
+    norm = {"bn.weight": {"norm": 6e-7, "abs_max": 1e-7}, "bn.bias": {"norm": 5e-4, "abs_max": 1e-4}}
+    ctx = Context(roles={"bn.weight": "norm_weight", "bn.bias": "norm_bias"})
+    assert [(f.rule, f.layers[0]) for f in check_grads(norm, step=0, context=ctx)] == [("grad_zero", "bn.weight")]
+    assert check_grads(norm, step=0) == []  # without roles a name cannot tell a norm scale: no grad_zero

@@ -2,6 +2,7 @@
 
 import io
 import logging
+import statistics
 import warnings
 from pathlib import Path
 from typing import Any
@@ -137,13 +138,14 @@ def test_vanishing_under_normal_001_with_heatmap_and_table_in_the_event_file(tmp
     vanishing = has(texts, "vanishing")
     assert vanishing, texts
     assert any("vanishing gradients" in t and "net.0.weight" in t for t in vanishing)
-    assert any("vanishing activations" in t and "(worst: net.24)" in t for t in vanishing)  # the deepest layer
+    # the deepest judged layer: the output (net.24) is judged by output_scale, a small head being by design
+    assert any("vanishing activations" in t and "(worst: net.22)" in t for t in vanishing)
     assert not has(texts, "exploding")
     assert all("Kaiming" in t for t in vanishing if "vanishing gradients in" in t or "vanishing activations in" in t)
     ea = events(trainer)
 
     # health/vanishing_grad counts what the documented rule gives on the reference grad norms: a weight (bias)
-    # gradient below 1e-4 x the largest deeper weight (bias) gradient, or below 1e-9.
+    # gradient below 1e-4 x the median of the deeper weight (bias) gradients, or below 1e-9.
     counts = {e.step: e.value for e in ea.Scalars("health/vanishing_grad")}
     assert sorted(counts) == [0, 1, 2]
     for step, norms in ref.norms.items():
@@ -152,7 +154,7 @@ def test_vanishing_under_normal_001_with_heatmap_and_table_in_the_event_file(tmp
             values = [v for n, v in norms.items() if n.endswith(suffix)]
             for i, v in enumerate(values):
                 deeper = values[i + 1 :]
-                expected += v < 1e-9 or (bool(deeper) and v < 1e-4 * max(deeper))
+                expected += v < 1e-9 or (bool(deeper) and v < 1e-4 * statistics.median(deeper))
         assert counts[step] == expected > 0
     assert all(e.value == 0 for e in ea.Scalars("health/exploding_grad"))
 
@@ -207,7 +209,7 @@ def test_kaiming_no_finding_for_the_same_steps(tmp_path: Path) -> None:
     assert texts == []
     ea = events(trainer)
     health = [t for t in ea.Tags()["scalars"] if t.startswith("health/")]
-    assert len(health) == 12  # 11 rule counts and health/total
+    assert len(health) == 13  # 32-bit: 11 rule counts of the first version, output_scale, and health/total
     assert "health/total" in health
     assert all(e.value == 0 for t in health for e in ea.Scalars(t))
 
@@ -308,7 +310,7 @@ def test_healthy_training_has_no_findings(tmp_path: Path, init: str, act: str, l
     ea = events(trainer)
     assert len(ea.Scalars("weight_update_ratio/net.0.weight")) == 21  # after step 0, then every 5th step
     health = [t for t in ea.Tags()["scalars"] if t.startswith("health/")]
-    assert len(health) == 12  # 11 rule counts and health/total
+    assert len(health) == 13  # 32-bit: 11 rule counts of the first version, output_scale, and health/total
     assert "health/total" in health
     assert all(e.value == 0 for t in health for e in ea.Scalars(t))
 

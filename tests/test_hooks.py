@@ -3,6 +3,7 @@ import torch
 from torch import nn
 
 from lightning_init.hooks import ActivationRecorder, HookSet
+from lightning_init.stats import ACTIVATION_ROW
 
 
 def test_hookset_remove_is_idempotent_and_a_context_manager() -> None:
@@ -42,7 +43,9 @@ def test_recorder_keeps_small_rows_in_execution_order_and_removes_hooks() -> Non
     model(x)
     model(x)
     assert list(rec.rows) == ["0", "1", "2"]
-    assert all(len(v) == 2 and v[0].shape == (6,) and v[0].dtype == torch.float32 for v in rec.rows.values())
+    assert all(
+        len(v) == 2 and v[0].shape == (len(ACTIVATION_ROW),) and v[0].dtype == torch.float32 for v in rec.rows.values()
+    )
     assert rec.numels["2"] == [20, 20]
     assert rec.bounded == {"2": False, "1": True, "0": False}
     assert set(rec.histograms) == {"0", "1", "2"}

@@ -312,6 +312,7 @@ HEALTH_TAGS = {
     "health/exploding_activation",
     "health/dead",
     "health/saturated",
+    "health/output_scale",
 }
 
 
@@ -337,7 +338,7 @@ def test_one_layout_health_first_and_per_layer_charts_on_request(tmp_path: Path)
     health_charts = ["health/total", "health: gradient rules", "health: activation rules", "health: weight rules"]
     assert list(charts)[:4] == health_charts
     assert set(charts) == {*health_charts, "grad_norm/total", "weight_std", "grad_norm", "grad_ratio"} | {
-        f"activation_{s}" for s in ("mean", "std", "abs_max", "zero_fraction", "saturation", "nonfinite")
+        f"activation_{s}" for s in ("mean", "std", "signal_std", "abs_max", "zero_fraction", "saturation", "nonfinite")
     }
     # The health charts' regexes match exactly the health counts written, each tag on one chart.
     written = {t for t in ea.Tags()["scalars"] if t.startswith("health/")}

@@ -93,3 +93,21 @@ def test_huge_activations_survive_a_float32_transfer():
     got = merge_moments([table[0]], bounded=False)
     assert math.isfinite(got["std"])
     assert got["std"] == pytest.approx(x.std().item(), rel=1e-3)
+
+
+def test_signal_std_pools_the_within_unit_variance_of_calls_and_processes():
+    g = torch.Generator().manual_seed(6)
+    offsets = torch.randn(1, 5, generator=g, dtype=torch.float64) * 10
+    chunks = [offsets + torch.randn(n, 5, generator=g, dtype=torch.float64) for n in (4, 7, 9)]
+    rows, numels = _record(chunks[:2])
+    local = [local_moments(["m"], {"m": rows}, {"m": numels}).tolist()[0]]
+    rows, numels = _record(chunks[2:])
+    local.append(local_moments(["m"], {"m": rows}, {"m": numels}).tolist()[0])  # a second process
+    got = merge_moments(local, bounded=False)
+    # reference: each chunk's per-unit deviations from its own unit means, pooled
+    ss = sum(((c - c.mean(dim=0)) ** 2).sum().item() for c in chunks)
+    dof = sum((c.shape[0] - 1) * c.shape[1] for c in chunks)
+    assert got["signal_std"] == pytest.approx(math.sqrt(ss / dof), rel=1e-6)
+    assert got["signal_std"] == pytest.approx(1.0, rel=0.3)
+    assert got["std"] > 5 * got["signal_std"]  # the offsets dominate the plain std
+    assert len(local[0]) == len(MOMENT_COLUMNS)

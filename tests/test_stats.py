@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from lightning_init.stats import (
+    ACTIVATION_ROW,
     HISTOGRAM_BINS,
     activation_row,
     fetch,
@@ -235,7 +236,25 @@ def test_activation_row_against_float64_references(dtype: torch.dtype) -> None:
         assert row[0] == pytest.approx(ref[0], rel=1e-5, abs=1e-6)
         assert row[1] == pytest.approx(ref[1], rel=rel, abs=1e-6)
         assert row[2] == pytest.approx(ref[2], rel=1e-6)
-        assert row[3:] == ref[3:]
+        assert row[3:6] == ref[3:]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_activation_row_signal_std_is_the_per_unit_std_across_samples(dtype: torch.dtype) -> None:
+    g = torch.Generator().manual_seed(5)
+    # per-unit offsets 100x the signal: the plain std is the offsets', the signal std the signal's
+    offsets = torch.randn(1, 8, 4, 4, generator=g, dtype=torch.float64) * 1.0
+    x = (offsets + 0.01 * torch.randn(32, 8, 4, 4, generator=g, dtype=torch.float64)).to(dtype)
+    row = dict(zip(ACTIVATION_ROW, activation_row(x).tolist(), strict=True))
+    ref = x.double().flatten(1).var(dim=0, unbiased=True).mean().sqrt().item()
+    assert row["signal"] == pytest.approx(ref, rel=1e-4)
+    assert row["signal"] == pytest.approx(0.01, rel=0.1)
+    assert row["std"] == pytest.approx(x.double().std().item(), rel=1e-5)
+    assert row["std"] > 50 * row["signal"]
+    assert row["signal_dof"] == 31 * 8 * 4 * 4
+    same = dict(zip(ACTIVATION_ROW, activation_row(offsets.expand(5, -1, -1, -1).to(dtype)).tolist(), strict=True))
+    assert same["signal"] <= 1e-6 * same["std"]  # identical samples: no signal (float rounding), whatever the std
+    assert math.isnan(activation_row(torch.ones(1, 3)).tolist()[ACTIVATION_ROW.index("signal")])  # one sample
 
 
 def test_activation_row_huge_values_stay_finite_and_nonfinite_is_counted_exactly() -> None:

@@ -65,6 +65,8 @@ from lightning_init.health import (
     merge_findings,
     profile_of,
 )
+from lightning_init.health.context import parameter_context
+from lightning_init.health.rules import Context
 from lightning_init.hooks import original_name
 from lightning_init.sharded import check_supported, is_sharded, local_tensor, sharded_columns
 from lightning_init.stats import (
@@ -108,6 +110,9 @@ health: judge every logged table with the health rules below (``False``: measure
 on_anomaly: on a finding, ``"warn"`` only (a ``UserWarning`` once per (rule, layer)), ``"stop"`` training
     gracefully after the current step (``trainer.should_stop``), or ``"raise"``
     :class:`~lightning_init.health.HealthError` (hooks are removed on the way out).""",
+    "thresholds_arg": """\
+thresholds: a :class:`~lightning_init.health.HealthThresholds` with every threshold (e.g. one object shared by
+    the three monitors); the threshold arguments of this monitor that differ from their defaults override it.""",
     "value_error": """\
 ValueError: on a non-positive ``every_n_steps`` / ``histogram_every_n_steps``, an unknown statistic, an
     unknown ``on_anomaly`` or a threshold out of its range.""",
@@ -182,7 +187,8 @@ class _LayerMonitor(Callback):
         *,
         health: bool = True,
         on_anomaly: OnAnomaly = "warn",
-        thresholds: Mapping[str, float] | None = None,
+        thresholds: Mapping[str, float] | HealthThresholds | None = None,
+        base_thresholds: HealthThresholds | None = None,
         per_layer_charts: bool = False,
     ) -> None:
         if not isinstance(per_layer_charts, bool):
@@ -213,8 +219,18 @@ class _LayerMonitor(Callback):
         check_choice("on_anomaly", on_anomaly, _ON_ANOMALY)
         self.health = health
         self.on_anomaly: OnAnomaly = on_anomaly
-        #: The validated thresholds (this monitor reads only those of its own rules).
-        self.thresholds = HealthThresholds(**dict(thresholds or {}))
+        #: The validated thresholds (this monitor reads only those of its own rules): ``base_thresholds`` (a
+        #: :class:`HealthThresholds` the user passed as ``thresholds=``) with the monitor's own threshold arguments
+        #: that differ from the defaults applied on top.
+        if isinstance(thresholds, HealthThresholds):
+            base_thresholds, thresholds = thresholds, None
+        if base_thresholds is not None and not isinstance(base_thresholds, HealthThresholds):
+            raise ValueError(f"`thresholds` must be a HealthThresholds, got {type(base_thresholds).__name__}.")
+        defaults = HealthThresholds()
+        own = {k: v for k, v in dict(thresholds or {}).items() if base_thresholds is None or v != getattr(defaults, k)}
+        self.thresholds = (base_thresholds or defaults).replace(**own) if own else (base_thresholds or defaults)
+        self._context_key: tuple[int, ...] | None = None
+        self._context = Context()
         self._tracker: HealthTracker | None = HealthTracker(self.kind) if health else None
         self._heatmap_step: int | None = None
         #: Statistics computed into the table but not logged (e.g. ``row_spread`` for a health verdict).
@@ -442,9 +458,16 @@ class _LayerMonitor(Callback):
         fresh: list[Finding] = []
         if self._tracker is not None and judge:
             nls = self._nonlinearities()
-            findings = self.thresholds.check(self.kind, table, step=step, nonlinearities=nls)
+            context = self._health_context(pl_module, table)
+            judged = self._tracker.confirm(
+                self.thresholds.check(self.kind, table, step=step, nonlinearities=nls, context=context)
+            )
+            findings = [f for f in judged if not f.info]
             fresh = self._tracker.update(
-                step, findings, profile=profile_of(self.kind, table, nls), layers=[n for n in table if n != "total"]
+                step,
+                judged,
+                profile=profile_of(self.kind, table, nls, roles=context.roles),
+                layers=[n for n in table if n != "total"],
             )
             counts = self._tracker.scalars()
             if not any("underflow" in row or "overflow" in row for row in table.values()):
@@ -458,7 +481,10 @@ class _LayerMonitor(Callback):
             total.group = trainer.global_step
         writers.log_scalars(trainer, metrics, step)
         for finding in fresh:  # once per (rule, layer): the tracker remembers what it returned
-            rank_zero_warn(f"{type(self).__name__}: {finding.message}", category=UserWarning)
+            if finding.info:  # e.g. structurally zero gradients: worth knowing, nothing to fix
+                rank_zero_info(f"{type(self).__name__}: {finding.message}")
+            else:
+                rank_zero_warn(f"{type(self).__name__}: {finding.message}", category=UserWarning)
         if findings:
             self._on_findings(trainer, findings)
 
@@ -477,6 +503,17 @@ class _LayerMonitor(Callback):
             trainer.should_stop = True
         elif self.on_anomaly == "raise":
             raise HealthError(merge_findings(findings)[0])
+
+    def _health_context(self, pl_module: "pl.LightningModule", table: Table) -> Context:
+        """What the rules need to know about the model for ``table`` (see ``_parameter_context``)."""
+        return self._context
+
+    def _parameter_context(self, pl_module: "pl.LightningModule", named: Sequence[tuple[str, nn.Parameter]]) -> None:
+        """Roles and unit-scale norms of the watched parameters, recomputed only when the parameter set changes."""
+        key = tuple(id(p) for _, p in named)
+        if self.health and key != self._context_key:
+            self._context = parameter_context(pl_module, named)
+            self._context_key = key
 
     def _nonlinearities(self) -> Mapping[str, str | None] | None:
         """Module name -> nonlinearity of the rows of the last table (activations only)."""

@@ -6,6 +6,7 @@ behaviour shared by the three monitors are in :mod:`lightning_init.callbacks._ba
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -32,8 +33,10 @@ from lightning_init.health import (
     SATURATED_FRACTION,
     UNDERFLOW_FRACTION,
     VANISHING_ACTIVATION_RATIO,
+    HealthThresholds,
     OnAnomaly,
 )
+from lightning_init.health.context import activation_context
 from lightning_init.hooks import ActivationRecorder, compiled_regions
 from lightning_init.reduce import local_moments, merge_moments, moment_order
 from lightning_init.stats import (
@@ -54,6 +57,12 @@ def _all_gather(trainer: "pl.Trainer", table: Tensor) -> Tensor:
     """``[world, *table.shape]``: every process's ``table``, through the strategy's collective."""
     gathered = trainer.strategy.all_gather(table)
     return gathered.reshape(-1, *table.shape)
+
+
+def _loss_of(outputs: Any) -> Tensor | None:
+    """The loss ``training_step`` returned (a tensor or ``{"loss": tensor}``), or ``None``."""
+    loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+    return loss if isinstance(loss, Tensor) and loss.numel() == 1 and loss.is_floating_point() else None
 
 
 @_document
@@ -78,7 +87,10 @@ class ActivationMonitor(_LayerMonitor):
 
     Logged metrics at the step of the batch (``{module}`` is the qualified module name, e.g. ``net.3``):
 
-    - ``activation_mean/{module}``, ``activation_std/{module}`` (unbiased), ``activation_abs_max/{module}``;
+    - ``activation_mean/{module}``, ``activation_std/{module}`` (unbiased, over all elements),
+      ``activation_abs_max/{module}``;
+    - ``activation_signal_std/{module}``: the signal std, each unit's std across the samples of the batch pooled over
+      the units (per-unit offsets such as a bias are not signal); what the health rules and the heatmap read;
     - ``activation_zero_fraction/{module}``: fraction of exactly-zero outputs (dead units after ReLU-like layers);
     - ``activation_saturation/{module}`` (bounded activations only: tanh, sigmoid and their hard variants): fraction
       of outputs within 0.01 of a bound of the output range, i.e. ``|y| > 0.99`` for tanh, ``y < 0.01`` or
@@ -92,16 +104,20 @@ class ActivationMonitor(_LayerMonitor):
       (``health/underflow_activation``, ``health/overflow_activation``);
     - histograms ``activation/{module}`` (TensorBoard only) of the first micro-batch of a histogram step;
     - with ``health=True``: ``health/nonfinite_activation``, ``health/vanishing_activation``,
-      ``health/exploding_activation``, ``health/dead``, ``health/saturated`` (number of flagged modules) at every
-      logging step; the text ``health/activation_report``, the images ``health/activation_heatmap`` and
-      ``health/activation_depth_profile``, and the shared ``health/total``.
+      ``health/exploding_activation``, ``health/dead``, ``health/saturated``, ``health/output_scale`` (number of
+      flagged modules) at every logging step; the text ``health/activation_report``, the images
+      ``health/activation_heatmap`` and ``health/activation_depth_profile``, and the shared ``health/total``.
 
     Health checks (thresholds justified in :class:`~lightning_init.health.HealthThresholds`; the statistics they read
     are computed whatever ``stats`` logs):
 
     - ``nonfinite``: a module output holds NaN/Inf ("NaN/Inf activations");
-    - ``vanishing_activation`` / ``exploding_activation``: ``activation_std`` of a parameterized layer divided by the
-      first parameterized layer's below ``vanishing_activation_ratio`` / above ``exploding_activation_ratio``;
+    - ``vanishing_activation`` / ``exploding_activation``: ``activation_signal_std`` of a judged layer divided by the
+      first judged layer's below ``vanishing_activation_ratio`` / above ``exploding_activation_ratio``; judged: weight
+      layers whose output the next module does not renormalize (not a conv before its BatchNorm), embeddings
+      excepted; the model output only for exploding (a small head is by design);
+    - ``output_scale``: the step's training loss above ``output_loss_ratio`` x ln(classes) while the model output's
+      signal std is large: the logits are far too large (an N(0, 1) embedding tied to the head);
     - ``dead``: ``zero_fraction`` above ``dead_fraction`` after a ReLU-like module ("dead ReLU units");
     - ``saturated``: ``saturation`` above ``saturated_fraction`` after tanh/sigmoid ("saturated tanh units").
 
@@ -125,6 +141,7 @@ class ActivationMonitor(_LayerMonitor):
         underflow_fraction: under 16-bit precision, an output with more of its elements than this below the
             format's smallest normal underflows.
         overflow_fraction: the same for elements above half the format's largest value (``0``: any).
+        {thresholds_arg}
 
     Raises:
         {value_error}
@@ -140,7 +157,7 @@ class ActivationMonitor(_LayerMonitor):
     kind = "activation"
     _valid_stats = ACTIVATION_STATS
     _default_stats = DEFAULT_ACTIVATION_STATS
-    _health_stats = ("std", "zero_fraction", "saturation", "nonfinite")
+    _health_stats = ("std", "signal_std", "zero_fraction", "saturation", "nonfinite")
 
     def __init__(
         self,
@@ -158,6 +175,7 @@ class ActivationMonitor(_LayerMonitor):
         saturated_fraction: float = SATURATED_FRACTION,
         underflow_fraction: float = UNDERFLOW_FRACTION,
         overflow_fraction: float = OVERFLOW_FRACTION,
+        thresholds: HealthThresholds | None = None,
         per_layer_charts: bool = False,
     ) -> None:
         super().__init__(
@@ -178,6 +196,7 @@ class ActivationMonitor(_LayerMonitor):
                 "underflow_fraction": underflow_fraction,
                 "overflow_fraction": overflow_fraction,
             },
+            base_thresholds=thresholds,
         )
         self._recorder = ActivationRecorder()
         self._recording: int | None = None  # the optimizer step being recorded
@@ -253,7 +272,7 @@ class ActivationMonitor(_LayerMonitor):
         self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         if self._recording is not None and trainer.global_step > self._recording:
-            self._finish(trainer, pl_module)
+            self._finish(trainer, pl_module, loss=_loss_of(outputs))
 
     @override
     def on_train_epoch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
@@ -268,7 +287,7 @@ class ActivationMonitor(_LayerMonitor):
     def on_validation_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         self._recorder.enabled = True
 
-    def _finish(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+    def _finish(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", loss: Tensor | None = None) -> None:
         """Remove the hooks; merge the records (across processes: one ``all_gather``), fetch once, log.
 
         Under DDP every process reaches this at the same optimizer step (the step's end), enters the one collective
@@ -284,7 +303,12 @@ class ActivationMonitor(_LayerMonitor):
             rec.clear()
             return
         moments = local_moments(names, rec.rows, rec.numels, device=pl_module.device)
-        # [processes, modules, columns]: the logging step's one collective, or this process alone
+        # the step's loss (for the output_scale rule) travels as one more row of the same collective
+        loss_row = torch.full_like(moments[:1], math.nan)
+        if loss is not None:
+            loss_row[0, 0] = loss.detach().reshape(()).to(loss_row)
+        moments = torch.cat([moments, loss_row])
+        # [processes, modules + 1, columns]: the logging step's one collective, or this process alone
         moments = _all_gather(trainer, moments) if distributed else moments[None]
         hist_names = [n for n in rec.rows if n in rec.histograms] if self._recording_histograms else []
         cols: dict[str, Any] = {"moments": moments}
@@ -295,12 +319,15 @@ class ActivationMonitor(_LayerMonitor):
         for i, n in enumerate(headroom_names):
             cols[f"h{i}"] = torch.stack(rec.headroom[n])
         host = fetch(cols)  # the one transfer
-        processes, watched, width = moments.shape
+        processes, rows_per_process, width = moments.shape
+        watched = rows_per_process - 1
         flat = host["moments"]
         parts = [
-            [flat[(p * watched + i) * width : (p * watched + i + 1) * width] for i in range(watched)]
+            [flat[(p * rows_per_process + i) * width : (p * rows_per_process + i + 1) * width] for i in range(watched)]
             for p in range(processes)
         ]
+        losses = [flat[(p * rows_per_process + watched) * width] for p in range(processes)]
+        step_loss = sum(losses) / len(losses) if losses and all(math.isfinite(v) for v in losses) else None
         index = {n: i for i, n in enumerate(names)}
         modules = dict(pl_module.named_modules())
         table: Table = {}
@@ -317,6 +344,8 @@ class ActivationMonitor(_LayerMonitor):
                 table[n].update({s: v for s, v in extra.items() if s in self._table_stats})
         hists = [host_histograms(host[f"c{i}"], host[f"m{i}"], 1, HISTOGRAM_BINS)[0] for i in range(len(hist_names))]
         rec.clear()
+        if self.health:
+            self._context = activation_context(modules, list(table), self.nonlinearities, loss=step_loss)
         if self._recording_scalars and table:
             self._on_table(trainer, pl_module, table, step)
         if hist_names:

@@ -37,6 +37,7 @@ from lightning_init.health import (
     VANISHING_GRAD_FLOOR,
     VANISHING_GRAD_RATIO,
     Finding,
+    HealthThresholds,
     HealthTracker,
     OnAnomaly,
     profile_of,
@@ -104,13 +105,17 @@ class GradientMonitor(_LayerMonitor):
       bits; health rules ``underflow`` / ``overflow`` (``health/underflow_grad``, ``health/overflow_grad``).
 
     Health checks (thresholds justified in :class:`~lightning_init.health.HealthThresholds`; depth profiles compare
-    weights with weights and biases with biases, input -> output):
+    each parameter with the median of the deeper ones of its role group (:mod:`lightning_init.roles`: weights,
+    biases, norm scales, norm shifts, embeddings, free parameters), input -> output):
 
     - ``nonfinite``: a gradient holds NaN/Inf ("NaN/Inf gradients");
-    - ``vanishing_grad``: a grad norm below ``vanishing_grad_ratio`` times the largest of the deeper layers', or below
+    - ``vanishing_grad``: a grad norm below ``vanishing_grad_ratio`` times that median, or below
       ``vanishing_grad_floor``;
-    - ``exploding_grad``: a grad norm above ``exploding_grad_norm``, or above ``exploding_grad_growth`` times the
-      smallest of the deeper layers';
+    - ``exploding_grad``: a grad norm above ``exploding_grad_norm``, or above ``exploding_grad_growth`` times that
+      median;
+    - ``grad_zero`` (information, once, never counted): a gradient that is structurally zero (exactly 0, a bias-like
+      gradient below ``grad_zero_ratio`` of its module's weight gradient, a norm scale's below
+      ``grad_zero_scale_ratio`` of its shift's) is not judged as vanishing;
     - ``vanishing_backprop`` / ``exploding_backprop`` (with ``output_grad``): ``||dL/dh||`` below
       ``vanishing_backprop_ratio`` times the largest deeper module's / above ``exploding_backprop_growth`` times the
       smallest deeper module's. Theory keeps it constant across depth (exactly with orthogonal weights), unlike the
@@ -146,6 +151,7 @@ class GradientMonitor(_LayerMonitor):
         underflow_fraction: under 16-bit precision, a gradient with more of its elements than this below the
             format's smallest normal (after the loss scale) underflows.
         overflow_fraction: the same for elements above half the format's largest value (``0``: any).
+        {thresholds_arg}
 
     Raises:
         {value_error}
@@ -185,6 +191,7 @@ class GradientMonitor(_LayerMonitor):
         exploding_backprop_growth: float = EXPLODING_BACKPROP_GROWTH,
         underflow_fraction: float = UNDERFLOW_FRACTION,
         overflow_fraction: float = OVERFLOW_FRACTION,
+        thresholds: HealthThresholds | None = None,
         per_layer_charts: bool = False,
     ) -> None:
         super().__init__(
@@ -207,6 +214,7 @@ class GradientMonitor(_LayerMonitor):
                 "underflow_fraction": underflow_fraction,
                 "overflow_fraction": overflow_fraction,
             },
+            base_thresholds=thresholds,
         )
         self._total_tag = "total"
         self._warned_skipped = False
@@ -461,6 +469,7 @@ class GradientMonitor(_LayerMonitor):
                         "Such steps are logged as `amp/skipped_step` = 1 and not judged as exploding or NaN/Inf "
                         "gradients."
                     )
+            self._parameter_context(pl_module, named)
             self._on_table(trainer, pl_module, table, k, extra_metrics=amp_metrics, judge=not skipped)
         if histograms:
             self._log_histograms(trainer, names, hists, k)

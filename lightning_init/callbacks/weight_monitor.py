@@ -6,6 +6,7 @@ The step convention and the distributed behaviour shared by the three monitors a
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,8 +27,10 @@ from lightning_init.health import (
     SYMMETRIC_SPREAD,
     UPDATE_RATIO_HIGH,
     UPDATE_RATIO_LOW,
+    HealthThresholds,
     OnAnomaly,
 )
+from lightning_init.health.context import adaptive_warmup
 from lightning_init.sharded import local_tensor
 from lightning_init.stats import (
     DEFAULT_WEIGHT_STATS,
@@ -70,8 +73,10 @@ class WeightMonitor(_LayerMonitor):
     - ``nonfinite``: a weight holds NaN/Inf ("NaN/Inf weights");
     - ``symmetric``: ``row_spread`` (computed for this check, not logged unless in ``stats``) at or below
       ``symmetric_spread``: every output unit has the same weights, as after a zero or constant init;
-    - ``update_ratio`` (only when ``update_ratio`` is logged; biases not judged): a non-zero ratio below
-      ``update_ratio_low`` (frozen learning) or above ``update_ratio_high`` (unstable learning).
+    - ``update_ratio`` (only when ``update_ratio`` is logged; biases and norm shifts not judged): a non-zero ratio
+      below ``update_ratio_low`` on 10 logged steps in a row (frozen learning), or an update above
+      ``update_ratio_high`` of the parameter's scale (the larger of its norm and its unit-scale norm) on 2 in a row,
+      past an adaptive optimizer's warm-up (unstable learning).
 
     Each finding is a ``UserWarning`` (once per (rule, parameter)) naming the parameters, the value against the
     threshold and a remedy. At fit end one line is printed (``rank_zero_info``) when nothing was flagged, else the
@@ -91,6 +96,7 @@ class WeightMonitor(_LayerMonitor):
         symmetric_spread: ``row_spread`` at or below this is symmetric.
         update_ratio_low: a non-zero update ratio below this is frozen learning (``0`` disables).
         update_ratio_high: an update ratio above this is unstable learning (``.inf`` disables).
+        {thresholds_arg}
 
     Raises:
         {value_error}
@@ -125,6 +131,7 @@ class WeightMonitor(_LayerMonitor):
         symmetric_spread: float = SYMMETRIC_SPREAD,
         update_ratio_low: float = UPDATE_RATIO_LOW,
         update_ratio_high: float = UPDATE_RATIO_HIGH,
+        thresholds: HealthThresholds | None = None,
         per_layer_charts: bool = False,
     ) -> None:
         super().__init__(
@@ -142,6 +149,7 @@ class WeightMonitor(_LayerMonitor):
                 "update_ratio_low": update_ratio_low,
                 "update_ratio_high": update_ratio_high,
             },
+            base_thresholds=thresholds,
         )
         self._pending: int | None = None  # the optimizer step whose result is to be logged
         self._pending_histograms = False
@@ -151,6 +159,7 @@ class WeightMonitor(_LayerMonitor):
         self._snapshot: list[Tensor] = []
         self._snapshot_norms: list[Tensor] = []
         self._snapshot_taken = False
+        self._warmup: set[int] = set()  # ids of the parameters in their adaptive optimizer's warm-up
 
     @override
     def _release(self) -> None:
@@ -193,6 +202,10 @@ class WeightMonitor(_LayerMonitor):
                 for i, name in enumerate(names):
                     if host["_before"][i] != 0.0:  # undefined for a weight of norm 0 (a zero bias's first update)
                         table[name]["update_ratio"] = safe_ratio(host["_diff"][i], host["_before"][i])
+                    table[name]["update_norm"] = host["_diff"][i]  # read by the health rules, not logged
+            self._parameter_context(pl_module, named)
+            warm = frozenset(n for n, p in named if id(p) in self._warmup)
+            self._context = dataclasses.replace(self._context, warmup=warm)
             self._on_table(trainer, pl_module, table, step)
         if histograms:
             self._log_histograms(trainer, names, hists, step)
@@ -230,6 +243,8 @@ class WeightMonitor(_LayerMonitor):
         self._pending = k
         self._pending_histograms = histograms
         self._pending_scalars = scalars
+        if scalars and self.health:
+            self._warmup = adaptive_warmup(optimizer, k)
         if scalars and "update_ratio" in self._table_stats:
             with torch.no_grad():
                 params = [local_tensor(p.detach()) for _, p in self._watched_parameters(pl_module)]

@@ -1,57 +1,67 @@
-"""Health rules: per-layer statistics -> findings (vanishing, exploding, dead, saturated, NaN/Inf, symmetric).
+"""Health rules: per-layer statistics -> findings (vanishing, exploding, dead, saturated, NaN/Inf, symmetric, ...).
+
+The rules are one declarative table, :data:`RULE_TABLE`: each :class:`RuleSpec` names the rule, the kind of table it
+judges, the statistic, the comparison, the :class:`~lightning_init.health.thresholds.HealthThresholds` field, the
+rows it applies to and the remedy. Validation (the threshold's interval), the comparison, the operator printed in
+messages and the README row all come from that entry. A table is evaluated vectorized: every statistic becomes a
+numpy array over the rows (:func:`frame`), each entry one array comparison. The depth-profile statistics (a
+gradient relative to the median of its group, an activation relative to the first judged layer, a bias gradient
+relative to its weight's) are functions over those arrays.
+
+Truth on real architectures (issue 11):
+
+- a gradient that is structurally zero (exactly zero, or a bias-like gradient below ``grad_zero_ratio`` of its own
+  module's weight gradient: float noise of a sum that cancels by construction) is information (``grad_zero``), not a
+  vanishing gradient;
+- depth profiles compare each parameter with a robust reference of its own group (the median; weights with
+  weights, biases with biases, norm parameters, embeddings and free parameters with their own kind, from
+  :mod:`lightning_init.roles`), so one tiny parameter cannot flag all the others;
+- activation rules judge outputs whose scale matters: weight layers whose output is not renormalized by the norm
+  that follows, the model output excepted (judged by ``output_scale`` against ``ln(classes)``), by their signal std
+  (across the batch, per unit: per-unit offsets are not signal);
+- ``update_ratio`` judges the update against the parameter's scale (its norm, or its unit-scale norm when larger).
 
 Pure functions over host-side tables ``{name: {stat: value}}`` ordered from input to output, as the monitors hand
-them over after each logging step. Never imports Lightning.
-
-A rule whose statistics are missing from the table (the user chose not to log them) does not fire; NaN inputs do
-not fire the threshold rules (they are what the ``nonfinite`` rule reports).
+them over after each logging step; the model-dependent facts travel in a :class:`Context`. Never imports Lightning.
+A rule whose statistics are missing from the table does not fire; NaN inputs do not fire the threshold rules (they
+are what ``nonfinite`` reports).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple, get_args
+import operator
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args
+
+import numpy as np
 
 from lightning_init.activations import BOUNDED, RELU_LIKE
-from lightning_init.health.thresholds import (
-    _INF,
-    DEAD_FRACTION,
-    EXPLODING_ACTIVATION_RATIO,
-    EXPLODING_BACKPROP_GROWTH,
-    EXPLODING_GRAD_GROWTH,
-    EXPLODING_GRAD_NORM,
-    OVERFLOW_FRACTION,
-    SATURATED_FRACTION,
-    SYMMETRIC_SPREAD,
-    UNDERFLOW_FRACTION,
-    UPDATE_RATIO_HIGH,
-    UPDATE_RATIO_LOW,
-    VANISHING_ACTIVATION_RATIO,
-    VANISHING_BACKPROP_RATIO,
-    VANISHING_GRAD_FLOOR,
-    VANISHING_GRAD_RATIO,
-    _validate_activations,
-    _validate_backprop,
-    _validate_grads,
-    _validate_weights,
-)
+from lightning_init.health.thresholds import _BY_NAME, HealthThresholds, _validate
+from lightning_init.roles import Role, is_bias_name
 
 __all__ = [
+    "INFO_RULES",
     "KINDS",
     "RULES",
     "RULES_BY_KIND",
+    "RULE_TABLE",
+    "Context",
     "Finding",
     "HealthError",
     "Kind",
     "OnAnomaly",
     "Rule",
+    "RuleSpec",
     "check_activations",
     "check_backprop",
     "check_grads",
     "check_weights",
+    "evaluate",
+    "frame",
     "merge_findings",
+    "rule_table_markdown",
 ]
 
 Rule = Literal[
@@ -61,6 +71,7 @@ Rule = Literal[
     "exploding_activation",
     "dead",
     "saturated",
+    "output_scale",
     "nonfinite",
     "symmetric",
     "update_ratio",
@@ -68,9 +79,12 @@ Rule = Literal[
     "exploding_backprop",
     "underflow",
     "overflow",
+    "grad_zero",
 ]
-#: Every rule name, in documentation order.
-RULES: tuple[Rule, ...] = get_args(Rule)
+#: Rules that report information (once, in the report), never a finding: no ``health/*`` count, no warning.
+INFO_RULES: frozenset[Rule] = frozenset({"grad_zero"})
+#: Every finding rule (a ``health/*`` count), in documentation order.
+RULES: tuple[Rule, ...] = tuple(r for r in get_args(Rule) if r not in INFO_RULES)
 
 #: What a table describes; the prefixes of the monitors' tags (``weight_std``, ``grad_norm``, ``activation_std``).
 Kind = Literal["weight", "grad", "activation", "output_grad"]
@@ -79,7 +93,7 @@ KINDS: tuple[Kind, ...] = get_args(Kind)
 #: What a monitor does on a finding: warn once per (rule, layer), stop training gracefully, or raise HealthError.
 OnAnomaly = Literal["warn", "stop", "raise"]
 
-#: The rules each check function can fire.
+#: The finding rules (``health/*`` counts) of each kind.
 RULES_BY_KIND: dict[Kind, tuple[Rule, ...]] = {
     "weight": ("nonfinite", "symmetric", "update_ratio"),
     "grad": ("nonfinite", "vanishing_grad", "exploding_grad", "underflow", "overflow"),
@@ -89,6 +103,7 @@ RULES_BY_KIND: dict[Kind, tuple[Rule, ...]] = {
         "exploding_activation",
         "dead",
         "saturated",
+        "output_scale",
         "underflow",
         "overflow",
     ),
@@ -101,6 +116,9 @@ _KIND_WORD: dict[Kind, str] = {
     "activation": "activations",
     "output_grad": "backprop signals (dL/d output)",
 }
+
+Op = Literal["<", "<=", ">", ">="]
+_OPS: dict[str, Callable[[Any, Any], Any]] = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
 
 
 @dataclass(frozen=True)
@@ -118,6 +136,8 @@ class Finding:
         threshold: the threshold it crossed.
         step: the optimizer step the statistics describe.
         message: the warning text users see.
+        op: how ``value`` compared with ``threshold`` (``""``: not finite).
+        info: information, not a problem (``grad_zero``): reported once, never counted or warned.
     """
 
     rule: Rule
@@ -128,6 +148,8 @@ class Finding:
     threshold: float
     step: int
     message: str
+    op: str = ""
+    info: bool = False
 
 
 class HealthError(RuntimeError):
@@ -141,12 +163,39 @@ class HealthError(RuntimeError):
         return (type(self), (self.finding,))
 
 
-class _Case(NamedTuple):
-    rule: Rule
-    headline: str  # "{kind}" is replaced by the kind's word
-    op: str  # how value compares to threshold when the rule fires ("" = no threshold: the value is not finite)
-    remedy: str
+@dataclass(frozen=True)
+class Context:
+    """What the rules need to know about the model besides the table (all optional; the monitors fill it).
 
+    Attributes:
+        roles: parameter name -> :data:`lightning_init.roles.Role`; absent names fall back to
+            :func:`~lightning_init.roles.is_bias_name` (``bias`` or ``weight``).
+        scales: parameter name -> its unit-scale norm (:func:`lightning_init.roles.unit_norm`), the floor of the
+            scale ``update_ratio`` is judged against.
+        norms: module names that are normalization layers (their outputs are not judged by the depth profile).
+        renormalized: module names whose output the next module renormalizes (a conv before its BatchNorm).
+        output: the module whose output is the model's output (logits), judged by ``output_scale`` only.
+        classes: the number of output classes (the output layer's features).
+        loss: the training loss of the step.
+        embeddings: module names that are lookups (``Embedding``): their outputs are rows of a table, not a
+            propagated signal (a token-type embedding fed one id has no variation across samples at all).
+        warmup: parameter names whose adaptive optimizer is in its first ``1 / (1 - beta)`` steps (Adam's bias
+            correction makes the first update ``lr`` per element whatever the gradient; RMSprop's second moment
+            starts at 0): their update is not judged "too large" yet.
+    """
+
+    roles: Mapping[str, Role] = field(default_factory=dict)
+    scales: Mapping[str, float] = field(default_factory=dict)
+    norms: frozenset[str] = frozenset()
+    renormalized: frozenset[str] = frozenset()
+    output: str | None = None
+    classes: int | None = None
+    loss: float | None = None
+    embeddings: frozenset[str] = frozenset()
+    warmup: frozenset[str] = frozenset()
+
+
+# ---------------------------------------------------------------------------------------------------- the table
 
 _REMEDY_VANISHING = (
     "The signal shrinks layer after layer: use Kaiming (He) init for ReLU layers and Xavier (Glorot) init for "
@@ -157,123 +206,375 @@ _REMEDY_EXPLODING = (
     "tanh/sigmoid layers instead of a too-large std, lower the learning rate, or clip gradients "
     "(Trainer(gradient_clip_val=1.0))."
 )
+_REMEDY_ZERO = (
+    "Nothing to fix: these gradients are zero by construction (a bias feeding a train-mode BatchNorm, an attention "
+    "key bias, a branch behind a zero-initialized gamma, a norm scale the loss is invariant to), not because the "
+    "signal vanished."
+)
 _REMEDY_NONFINITE = (
     "Training has diverged or the data/loss produce NaN/Inf: lower the learning rate, clip gradients "
     "(Trainer(gradient_clip_val=1.0)), check inputs and the loss (log/division by zero), or use a more stable "
     "precision."
 )
 
-_CASES: dict[tuple[Rule, str], _Case] = {}
+
+@dataclass(frozen=True)
+class RuleSpec:
+    """One row of the rule table.
+
+    Attributes:
+        rule: the rule (``health/{rule}``).
+        kind: the table it judges.
+        statistic: the column of :func:`frame` compared with the threshold.
+        op: the comparison that fires (``value op threshold``).
+        threshold: the :class:`HealthThresholds` field (``""``: a fixed bound, ``bound``).
+        applies: the boolean column of :func:`frame` selecting the rows judged (``""``: every finite row).
+        measure: what the statistic is, in words (``{nl}``: the row's nonlinearity).
+        headline: the finding's first words (``{kind}``, ``{nl}`` filled in).
+        remedy: what to do.
+        where: the rows judged, in words (README).
+        bound: the fixed threshold when ``threshold`` is ``""``.
+        info: information only (no count, no warning).
+        persist: logged steps in a row the rule must fire on a layer before it is a finding (the tracker keeps
+            the streaks; a check function reports every step's candidates).
+    """
+
+    rule: Rule
+    kind: Kind
+    statistic: str
+    op: Op
+    threshold: str
+    applies: str
+    measure: str
+    headline: str
+    remedy: str
+    where: str
+    bound: float = 0.0
+    info: bool = False
+    persist: int = 1
+
+    def threshold_of(self, t: HealthThresholds) -> float:
+        """The threshold value under ``t``."""
+        return float(getattr(t, self.threshold)) if self.threshold else self.bound
 
 
-def _case(rule: Rule, measure: str, headline: str, op: str, remedy: str) -> str:
-    _CASES[(rule, measure)] = _Case(rule, headline, op, remedy)
-    return measure
+def _nonfinite_specs(kind: Kind) -> tuple[RuleSpec, ...]:
+    what = {
+        "weight": "a weight",
+        "grad": "a gradient",
+        "activation": "a module output",
+        "output_grad": "a backprop signal",
+    }[kind]
+    return (
+        RuleSpec(
+            "nonfinite",
+            kind,
+            "nonfinite",
+            ">",
+            "",
+            "has_count",
+            "NaN/Inf count",
+            "NaN/Inf {kind}",
+            _REMEDY_NONFINITE,
+            f"{what} holds NaN/Inf",
+        ),
+        RuleSpec(
+            "nonfinite",
+            kind,
+            "abs_max_nonfinite",
+            ">",
+            "",
+            "no_count",
+            "abs max",
+            "NaN/Inf {kind}",
+            _REMEDY_NONFINITE,
+            f"{what} holds NaN/Inf (abs max not finite; without a NaN/Inf count)",
+        ),
+    )
 
 
-_M_GRAD_RELATIVE = _case(
-    "vanishing_grad", "grad norm relative to the largest deeper layer's", "vanishing gradients", "<", _REMEDY_VANISHING
-)
-_M_GRAD_FLOOR = _case("vanishing_grad", "grad norm", "vanishing gradients", "<", _REMEDY_VANISHING)
-_M_GRAD_CEILING = _case("exploding_grad", "grad norm (ceiling)", "exploding gradients", ">", _REMEDY_EXPLODING)
-_M_GRAD_GROWTH = _case(
-    "exploding_grad", "grad norm relative to the smallest deeper layer's", "exploding gradients", ">", _REMEDY_EXPLODING
-)
-_M_BACKPROP_VANISHING = _case(
-    "vanishing_backprop",
-    "||dL/d output|| relative to the largest deeper layer's",
-    "vanishing backprop signal",
-    "<",
-    "The gradient with respect to the layer outputs shrinks on its way back to the input, so the early layers "
-    "barely learn: use Kaiming (He) init for ReLU layers and Xavier (Glorot) or orthogonal init for tanh/sigmoid "
-    "layers instead of a too-small std, or add normalization / residual connections.",
-)
-_M_BACKPROP_EXPLODING = _case(
-    "exploding_backprop",
-    "||dL/d output|| relative to the smallest deeper layer's",
-    "exploding backprop signal",
-    ">",
-    "The gradient with respect to the layer outputs grows on its way back to the input: use Kaiming (He) / Xavier "
-    "(Glorot) init instead of a too-large std, lower the learning rate, or clip gradients "
-    "(Trainer(gradient_clip_val=1.0)).",
-)
-_M_UNDERFLOW = _case(
-    "underflow",
-    "fraction of elements below the 16-bit format's smallest normal",
-    "16-bit underflow in {kind}",
-    ">",
+_REMEDY_UNDERFLOW = (
     "Values below the format's smallest normal lose precision and flush to zero on flush-to-zero hardware: for "
     "gradients under precision='16-mixed' keep loss scaling on (GradScaler) and give it a larger init_scale, or "
     "switch to precision='bf16-mixed' (bfloat16 has float32's range); for a layer's outputs rescale the layer (a "
-    "larger init scale, a normalization layer).",
+    "larger init scale, a normalization layer)."
 )
-_M_OVERFLOW = _case(
-    "overflow",
-    "fraction of elements above half the 16-bit format's largest value",
-    "16-bit overflow in {kind}",
-    ">",
+_REMEDY_OVERFLOW = (
     "Values within a factor 2 of the format's largest finite value become inf at the next doubling: switch to "
     "precision='bf16-mixed' (bfloat16 has float32's range), give the GradScaler a smaller init_scale if these are "
     "gradients (occasional overflows are how it finds its scale: act when they persist), or rescale the layer "
-    "(smaller init, normalization, lower learning rate).",
+    "(smaller init, normalization, lower learning rate)."
 )
-_M_ACT_VANISHING = _case(
-    "vanishing_activation",
-    "activation std relative to the first layer's",
-    "vanishing activations",
-    "<",
-    _REMEDY_VANISHING,
-)
-_M_ACT_EXPLODING = _case(
-    "exploding_activation",
-    "activation std relative to the first layer's",
-    "exploding activations",
-    ">",
-    _REMEDY_EXPLODING,
-)
-_M_DEAD = _case(
-    "dead",
-    "zero fraction",
-    "dead ReLU units",
-    ">",
-    "Most outputs are exactly zero, so no gradient flows through them: use Kaiming (He) init for ReLU layers, avoid "
-    "large negative biases, lower the learning rate, or try LeakyReLU.",
-)
-_M_SATURATED = {
-    nl: _case(
-        "saturated",
-        f"fraction of {nl} outputs at the bounds",
-        f"saturated {nl} units",
-        ">",
-        f"{nl} outputs pinned at their bounds have almost zero gradient: use Xavier (Glorot) init for tanh/sigmoid "
-        "layers instead of a too-large std, or normalize the inputs.",
+
+
+def _headroom_specs(kind: Kind) -> tuple[RuleSpec, ...]:
+    return (
+        RuleSpec(
+            "underflow",
+            kind,
+            "underflow",
+            ">",
+            "underflow_fraction",
+            "row_ok",
+            "fraction of elements below the 16-bit format's smallest normal",
+            "16-bit underflow in {kind}",
+            _REMEDY_UNDERFLOW,
+            "tensors in a 16-bit format (the statistic exists only under 16-bit precision)",
+        ),
+        RuleSpec(
+            "overflow",
+            kind,
+            "overflow",
+            ">",
+            "overflow_fraction",
+            "row_ok",
+            "fraction of elements above half the 16-bit format's largest value",
+            "16-bit overflow in {kind}",
+            _REMEDY_OVERFLOW,
+            "tensors in a 16-bit format",
+        ),
     )
-    for nl in BOUNDED
-}
-_M_NONFINITE = _case("nonfinite", "NaN/Inf count", "NaN/Inf {kind}", ">", _REMEDY_NONFINITE)
-_M_NONFINITE_ABSMAX = _case("nonfinite", "abs max", "NaN/Inf {kind}", "", _REMEDY_NONFINITE)
-_M_SYMMETRIC = _case(
-    "symmetric",
-    "row spread (0 = all output units identical)",
-    "symmetric units",
-    "<=",
-    "Every output unit has the same weights, so all of them compute and learn the same thing: initialize weights "
-    "with non-zero random values (Kaiming for ReLU, Xavier for tanh/sigmoid), never zeros or a constant.",
+
+
+#: The rules, in evaluation (and documentation) order.
+RULE_TABLE: tuple[RuleSpec, ...] = (
+    *_nonfinite_specs("weight"),
+    RuleSpec(
+        "symmetric",
+        "weight",
+        "row_spread",
+        "<=",
+        "symmetric_spread",
+        "judged",
+        "row spread (0 = all output units identical)",
+        "symmetric units",
+        "Every output unit has the same weights, so all of them compute and learn the same thing: initialize weights "
+        "with non-zero random values (Kaiming for ReLU, Xavier for tanh/sigmoid), never zeros or a constant.",
+        "parameters with >= 2 output units",
+    ),
+    RuleSpec(
+        "update_ratio",
+        "weight",
+        "update_ratio",
+        "<",
+        "update_ratio_low",
+        "update_low",
+        "update ratio ||dw||/||w|| (healthy ~1e-3; too small)",
+        "update ratio too small (frozen learning)",
+        "The weights barely move: raise the learning rate, or check for vanishing gradients upstream.",
+        "non-bias parameters with a non-zero norm and a non-zero, finite ratio, 10 logged steps in a row",
+        persist=10,
+    ),
+    RuleSpec(
+        "update_ratio",
+        "weight",
+        "update_scaled",
+        ">",
+        "update_ratio_high",
+        "update_high",
+        "update ||dw|| / max(||w||, unit-scale norm) (healthy ~1e-3; too large)",
+        "update ratio too large (unstable learning)",
+        "The weights change too much per step: lower the learning rate, use warmup, or clip gradients.",
+        "non-bias parameters past their adaptive optimizer's warm-up, two logged steps in a row (scale: the larger "
+        "of the norm and the unit-scale norm)",
+        persist=2,
+    ),
+    *_nonfinite_specs("grad"),
+    RuleSpec(
+        "grad_zero",
+        "grad",
+        "norm",
+        "<=",
+        "",
+        "judged",
+        "structurally zero gradient (exactly 0)",
+        "structurally zero gradients (information)",
+        _REMEDY_ZERO,
+        "a gradient exactly 0 (a branch behind a zero-initialized gamma)",
+        bound=0.0,
+        info=True,
+    ),
+    RuleSpec(
+        "grad_zero",
+        "grad",
+        "vs_weight",
+        "<",
+        "grad_zero_ratio",
+        "positive",
+        "bias gradient relative to its module's weight gradient (float noise)",
+        "structurally zero gradients (information)",
+        _REMEDY_ZERO,
+        "bias-like gradients (bias, norm shift) against their module's weight gradient",
+        info=True,
+    ),
+    RuleSpec(
+        "grad_zero",
+        "grad",
+        "vs_shift",
+        "<",
+        "grad_zero_scale_ratio",
+        "positive",
+        "norm scale gradient relative to its shift's (scale invariance)",
+        "structurally zero gradients (information)",
+        _REMEDY_ZERO,
+        "norm scales (gamma) against their shift's (beta) gradient",
+        info=True,
+    ),
+    RuleSpec(
+        "exploding_grad",
+        "grad",
+        "norm",
+        ">",
+        "exploding_grad_norm",
+        "judged",
+        "grad norm (ceiling)",
+        "exploding gradients",
+        _REMEDY_EXPLODING,
+        "every gradient",
+    ),
+    RuleSpec(
+        "vanishing_grad",
+        "grad",
+        "norm",
+        "<",
+        "vanishing_grad_floor",
+        "judged_nonzero",
+        "grad norm",
+        "vanishing gradients",
+        _REMEDY_VANISHING,
+        "gradients that are not structurally zero",
+    ),
+    RuleSpec(
+        "vanishing_grad",
+        "grad",
+        "norm_vs_group",
+        "<",
+        "vanishing_grad_ratio",
+        "judged_nonzero",
+        "grad norm relative to the median of the deeper ones of its group",
+        "vanishing gradients",
+        _REMEDY_VANISHING,
+        "gradients that are not structurally zero, against the median of the deeper gradients of their role group",
+    ),
+    RuleSpec(
+        "exploding_grad",
+        "grad",
+        "norm_vs_group",
+        ">",
+        "exploding_grad_growth",
+        "judged_nonzero",
+        "grad norm relative to the median of the deeper ones of its group",
+        "exploding gradients",
+        _REMEDY_EXPLODING,
+        "gradients that are not structurally zero, against the median of the deeper gradients of their role group",
+    ),
+    *_headroom_specs("grad"),
+    *_nonfinite_specs("activation"),
+    RuleSpec(
+        "vanishing_activation",
+        "activation",
+        "signal_vs_first",
+        "<",
+        "vanishing_activation_ratio",
+        "profile_inner",
+        "activation signal std relative to the first judged layer's",
+        "vanishing activations",
+        _REMEDY_VANISHING,
+        "weight-layer outputs not renormalized next, embeddings and the model output (a small head is by design) "
+        "excepted",
+    ),
+    RuleSpec(
+        "exploding_activation",
+        "activation",
+        "signal_vs_first",
+        ">",
+        "exploding_activation_ratio",
+        "profile",
+        "activation signal std relative to the first judged layer's",
+        "exploding activations",
+        _REMEDY_EXPLODING,
+        "weight-layer outputs not renormalized next (the model output included), embeddings excepted",
+    ),
+    RuleSpec(
+        "dead",
+        "activation",
+        "zero_fraction",
+        ">",
+        "dead_fraction",
+        "relu_like",
+        "zero fraction",
+        "dead ReLU units",
+        "Most outputs are exactly zero, so no gradient flows through them: use Kaiming (He) init for ReLU layers, "
+        "avoid large negative biases, lower the learning rate, or try LeakyReLU.",
+        "ReLU-like activation outputs",
+    ),
+    RuleSpec(
+        "saturated",
+        "activation",
+        "saturation",
+        ">",
+        "saturated_fraction",
+        "bounded",
+        "fraction of {nl} outputs at the bounds",
+        "saturated {nl} units",
+        "{nl} outputs pinned at their bounds have almost zero gradient: use Xavier (Glorot) init for tanh/sigmoid "
+        "layers instead of a too-large std, or normalize the inputs.",
+        "tanh/sigmoid-like activation outputs",
+    ),
+    RuleSpec(
+        "output_scale",
+        "activation",
+        "loss_vs_chance",
+        ">",
+        "output_loss_ratio",
+        "logits_large",
+        "training loss / ln(classes)",
+        "output scale far too large (loss far above chance)",
+        "The logits are far too large, so the model starts confidently wrong: initialize the output layer (and an "
+        "embedding tied to it) small, e.g. std 0.02 or 1/sqrt(width) (WeightInit('auto') does for tied embeddings), "
+        "or zero-initialize the head.",
+        "the model output, when the logits' signal std exceeds sqrt(2 (ratio - 1) ln(classes))",
+    ),
+    *_headroom_specs("activation"),
+    *_nonfinite_specs("output_grad"),
+    RuleSpec(
+        "vanishing_backprop",
+        "output_grad",
+        "norm_vs_deeper_max",
+        "<",
+        "vanishing_backprop_ratio",
+        "judged",
+        "||dL/d output|| relative to the largest deeper layer's",
+        "vanishing backprop signal",
+        "The gradient with respect to the layer outputs shrinks on its way back to the input, so the early layers "
+        "barely learn: use Kaiming (He) init for ReLU layers and Xavier (Glorot) or orthogonal init for tanh/sigmoid "
+        "layers instead of a too-small std, or add normalization / residual connections.",
+        "module outputs (GradientMonitor's output_grad), against the largest deeper one",
+    ),
+    RuleSpec(
+        "exploding_backprop",
+        "output_grad",
+        "norm_vs_deeper_min",
+        ">",
+        "exploding_backprop_growth",
+        "backprop_not_vanishing",
+        "||dL/d output|| relative to the smallest deeper layer's",
+        "exploding backprop signal",
+        "The gradient with respect to the layer outputs grows on its way back to the input: use Kaiming (He) / Xavier "
+        "(Glorot) init instead of a too-large std, lower the learning rate, or clip gradients "
+        "(Trainer(gradient_clip_val=1.0)).",
+        "module outputs, against the smallest positive deeper one",
+    ),
 )
-_M_UPDATE_LOW = _case(
-    "update_ratio",
-    "update ratio ||dw||/||w|| (healthy ~1e-3; too small)",
-    "update ratio too small (frozen learning)",
-    "<",
-    "The weights barely move: raise the learning rate, or check for vanishing gradients upstream.",
-)
-_M_UPDATE_HIGH = _case(
-    "update_ratio",
-    "update ratio ||dw||/||w|| (healthy ~1e-3; too large)",
-    "update ratio too large (unstable learning)",
-    ">",
-    "The weights change too much per step: lower the learning rate, use warmup, or clip gradients.",
-)
+
+for _spec in RULE_TABLE:  # the table is consistent with the thresholds it names
+    assert not _spec.threshold or _spec.threshold in _BY_NAME, _spec
+    assert _spec.rule in RULES_BY_KIND[_spec.kind] or _spec.rule in INFO_RULES, _spec
+
+_SPEC_BY_MEASURE: dict[tuple[str, str, str], RuleSpec] = {(s.rule, s.kind, s.measure): s for s in RULE_TABLE}
+
+
+# --------------------------------------------------------------------------------------------------- findings
 
 
 def _fmt(x: float) -> str:
@@ -289,21 +590,42 @@ def _layers_text(layers: Sequence[str], limit: int = 8) -> str:
 
 
 def _build(
-    rule: Rule,
-    kind: Kind,
+    spec: RuleSpec,
     layers: Sequence[str],
-    measure: str,
     value: float,
     threshold: float,
     step: int,
     note: str = "",
+    nl: str = "",
 ) -> Finding:
-    case = _CASES[(rule, measure)]
-    headline = case.headline.format(kind=_KIND_WORD[kind])
+    headline = spec.headline.format(kind=_KIND_WORD[spec.kind], nl=nl)
+    measure = spec.measure.format(nl=nl)
+    remedy = spec.remedy.format(nl=nl)
     value_text = _fmt(value) + (f" ({note})" if note else "")
-    verdict = f"{case.op} threshold {_fmt(threshold)}" if case.op else "(not finite)"
-    message = f"{headline} in {_layers_text(layers)} at step {step}: {measure} = {value_text} {verdict}. {case.remedy}"
-    return Finding(rule, kind, tuple(layers), measure, float(value), float(threshold), int(step), message)
+    finite = spec.statistic != "abs_max_nonfinite"
+    if spec.info:
+        verdict = ""
+    elif finite:
+        verdict = f" {spec.op} threshold {_fmt(threshold)}"
+    else:
+        verdict = " (not finite)"
+    text = f"{headline} in {_layers_text(layers)} at step {step}: {measure} = {value_text}{verdict}. {remedy}"
+    op = spec.op if finite else ""
+    return Finding(
+        spec.rule, spec.kind, tuple(layers), measure, float(value), float(threshold), int(step), text, op, spec.info
+    )
+
+
+def _spec_of(f: Finding) -> RuleSpec:
+    spec = _SPEC_BY_MEASURE.get((f.rule, f.kind, f.measure))
+    if spec is None:  # a measure with the nonlinearity filled in
+        spec = next(s for s in RULE_TABLE if s.rule == f.rule and s.kind == f.kind)
+    return spec
+
+
+def persistence(f: Finding) -> int:
+    """How many logged steps in a row ``f``'s rule must fire on a layer before it is a finding."""
+    return _spec_of(f).persist
 
 
 def merge_findings(findings: Iterable[Finding]) -> list[Finding]:
@@ -316,183 +638,352 @@ def merge_findings(findings: Iterable[Finding]) -> list[Finding]:
     for f in findings:
         groups.setdefault((f.rule, f.kind, f.measure, f.threshold, f.step), []).append(f)
     out: list[Finding] = []
-    for (rule, kind, measure, threshold, step), members in groups.items():
+    for (_, _, measure, threshold, step), members in groups.items():
         if len(members) == 1:
             out.append(members[0])
             continue
-        op = _CASES[(rule, measure)].op
-        pick = min if op in ("<", "<=") else max
+        first = members[0]
+        pick = min if first.op in ("<", "<=") else max
         worst = pick(members, key=lambda f: f.value if not math.isnan(f.value) else -math.inf)
         layers = tuple(name for f in members for name in f.layers)
-        out.append(_build(rule, kind, layers, measure, worst.value, threshold, step, f"worst: {worst.layers[0]}"))
+        spec = _spec_of(first)
+        nl = ""
+        if "{nl}" in spec.measure:
+            prefix, _, _ = spec.measure.partition("{nl}")
+            nl = measure[len(prefix) :].split(" ", 1)[0]
+        out.append(_build(spec, layers, worst.value, threshold, step, f"worst: {worst.layers[0]}", nl))
     return out
 
 
-# ---------------------------------------------------------------------------------------------------- rules
+# ------------------------------------------------------------------------------------------------ the frame
 
 
-def _get(row: Mapping[str, float], stat: str) -> float | None:
-    v = row.get(stat)
-    return None if v is None else float(v)
+def _column(rows: Sequence[Mapping[str, float]], stat: str) -> np.ndarray:
+    return np.array([float(r[stat]) if r.get(stat) is not None else math.nan for r in rows], dtype=np.float64)
 
 
-def _is_bias(name: str) -> bool:
-    return name.rsplit(".", 1)[-1] == "bias"
+def _deeper_median(values: np.ndarray, groups: np.ndarray, usable: np.ndarray) -> np.ndarray:
+    """Per row, the median of ``values`` over the usable rows of its group that come after it (deeper, in table
+    order), NaN for the deepest. A median: one tiny (or huge) parameter deep in the net moves the reference of the
+    layers before it by at most one rank, so it cannot flag all of them.
+    """  # noqa: D205
+    out = np.full(values.shape, math.nan)
+    for g in dict.fromkeys(groups.tolist()):
+        idx = np.flatnonzero((groups == g) & usable)
+        pool = values[idx]
+        for k in range(len(idx) - 1):
+            out[idx[k]] = float(np.median(pool[k + 1 :]))
+        if len(idx):  # rows of the group that are not usable themselves still get the reference of their depth
+            rest = np.flatnonzero((groups == g) & ~usable)
+            after = np.searchsorted(idx, rest, side="right")
+            for r, a in zip(rest, after, strict=True):
+                if a < len(idx):
+                    out[r] = float(np.median(pool[a:]))
+    return out
 
 
-def _nonfinite(kind: Kind, name: str, row: Mapping[str, float], step: int) -> Finding | None:
-    count = _get(row, "nonfinite")
-    if count is not None:
-        if count > 0 or math.isnan(count):
-            return _build("nonfinite", kind, (name,), _M_NONFINITE, count, 0.0, step)
-        return None
-    abs_max = _get(row, "abs_max")
-    if abs_max is not None and not math.isfinite(abs_max):
-        return _build("nonfinite", kind, (name,), _M_NONFINITE_ABSMAX, abs_max, _INF, step)
-    return None
+_ROLE_GROUP: dict[str, str] = {"recurrent": "weight"}
+_BIAS_LIKE: frozenset[str] = frozenset({"bias", "norm_bias"})
 
 
-def _headroom(
-    kind: Kind, name: str, row: Mapping[str, float], step: int, underflow_fraction: float, overflow_fraction: float
+def _roles(names: Sequence[str], context: Context) -> list[str]:
+    return [context.roles.get(n) or ("bias" if is_bias_name(n) else "weight") for n in names]
+
+
+def _sibling(name: str) -> str:
+    """The weight of the module owning bias-like ``name`` (``fc.bias`` -> ``fc.weight``, ``bias_ih_l0`` ->
+    ``weight_ih_l0``, ``in_proj_bias`` -> ``in_proj_weight``, a norm's ``bias`` -> its ``weight``).
+    """  # noqa: D205
+    owner, _, last = name.rpartition(".")
+    sibling = last.replace("bias", "weight", 1)
+    return f"{owner}.{sibling}" if owner else sibling
+
+
+def _shift_of(name: str) -> str:
+    """The shift of the norm owning scale ``name`` (``bn.weight`` -> ``bn.bias``, ``ln.gamma`` -> ``ln.beta``)."""
+    owner, _, last = name.rpartition(".")
+    shift = {"weight": "bias", "gamma": "beta", "scale": "shift"}.get(last, last)
+    return f"{owner}.{shift}" if owner else shift
+
+
+def _nonfinite_columns(rows: Sequence[Mapping[str, float]], fr: dict[str, np.ndarray]) -> np.ndarray:
+    count = _column(rows, "nonfinite")
+    abs_max = _column(rows, "abs_max")
+    has_count = np.array([r.get("nonfinite") is not None for r in rows], dtype=bool)
+    fr["nonfinite"] = np.where(np.isnan(count), math.inf, count)  # a NaN count is not finite either
+    fr["has_count"] = has_count
+    fr["abs_max"] = abs_max
+    fr["abs_max_nonfinite"] = np.where(np.isinf(abs_max) | np.isnan(abs_max), 1.0, 0.0)
+    fr["no_count"] = ~has_count & np.array([r.get("abs_max") is not None for r in rows], dtype=bool)
+    bad = (has_count & (fr["nonfinite"] > 0)) | (fr["no_count"] & (fr["abs_max_nonfinite"] > 0))
+    return bad
+
+
+def _weight_frame(names: list[str], rows: list[Mapping[str, float]], context: Context) -> dict[str, np.ndarray]:
+    fr: dict[str, np.ndarray] = {}
+    bad = _nonfinite_columns(rows, fr)
+    roles = np.array(_roles(names, context), dtype=object)
+    bias_like = np.isin(roles, list(_BIAS_LIKE))
+    fr["row_spread"] = _column(rows, "row_spread")
+    ratio = _column(rows, "update_ratio")
+    norm = _column(rows, "norm")
+    fr["update_ratio"] = ratio
+    fr["judged"] = ~bad
+    usable = ~bad & ~bias_like & np.isfinite(ratio) & (ratio != 0.0) & (norm != 0.0)
+    fr["update_low"] = usable
+    # the update relative to max(||w_before||, unit-scale norm): ||dw|| = ratio * ||w_before||
+    update = _column(rows, "update_norm")
+    scale = np.array([float(context.scales.get(n, 0.0)) for n in names])
+    before = np.where(np.isnan(update), math.nan, update / np.where(ratio > 0, ratio, math.nan))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        scaled = np.where(np.isnan(update), ratio, update / np.fmax(before, scale))
+    fr["update_scaled"] = scaled
+    warm = np.array([n in context.warmup for n in names], dtype=bool)
+    fr["update_high"] = ~bad & ~bias_like & ~warm & np.isfinite(scaled) & (norm != 0.0) & (ratio != 0.0)
+    return fr
+
+
+def _grad_frame(
+    names: list[str], rows: list[Mapping[str, float]], context: Context, t: HealthThresholds
+) -> dict[str, np.ndarray]:
+    fr: dict[str, np.ndarray] = {}
+    bad = _nonfinite_columns(rows, fr)
+    norm = _column(rows, "norm")
+    fr["norm"] = norm
+    present = ~bad & ~np.isnan(norm)
+    roles = _roles(names, context)
+    index = {n: i for i, n in enumerate(names)}
+    sibling = np.array([norm[index[s]] if (s := _sibling(n)) in index and s != n else math.nan for n in names])
+    sibling = np.where(np.isfinite(sibling), sibling, math.nan)  # a NaN/Inf weight gradient is no reference
+    bias_like = np.array([r in _BIAS_LIKE for r in roles], dtype=bool)
+    scale = np.array([r == "norm_weight" for r in roles], dtype=bool)
+    shift = np.array(
+        [norm[index[s]] if (s := _shift_of(n)) in index and s != n else math.nan for n in names]
+    )  # a norm's beta
+    shift = np.where(np.isfinite(shift), shift, math.nan)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        vs_sibling = np.where(bias_like & (sibling > 0), norm / sibling, math.nan)
+        vs_shift = np.where(scale & (shift > 0), norm / shift, math.nan)
+    zero = present & ((norm == 0.0) | (vs_sibling < t.grad_zero_ratio) | (vs_shift < t.grad_zero_scale_ratio))
+    fr["vs_weight"] = vs_sibling
+    fr["vs_shift"] = vs_shift
+    fr["judged"] = present
+    fr["positive"] = present & (norm > 0)
+    fr["judged_nonzero"] = present & ~zero
+    groups = np.array([_ROLE_GROUP.get(r, r) for r in roles], dtype=object)
+    usable = fr["judged_nonzero"] & (norm > 0) & np.isfinite(norm)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        fr["norm_vs_group"] = norm / _deeper_median(norm, groups, usable)
+    fr["_group"] = groups
+    fr["row_ok"] = np.ones(len(names), dtype=bool)  # headroom is judged on every row, NaN/Inf ones included
+    fr["underflow"] = _column(rows, "underflow")
+    fr["overflow"] = _column(rows, "overflow")
+    return fr
+
+
+def _output_grad_frame(names: list[str], rows: list[Mapping[str, float]], t: HealthThresholds) -> dict[str, np.ndarray]:
+    """``||dL/dh||`` of each module output against the largest / smallest (positive) deeper one (a backward scan)."""
+    fr: dict[str, np.ndarray] = {}
+    bad = _nonfinite_columns(rows, fr)
+    norm = _column(rows, "norm")
+    usable = ~bad & ~np.isnan(norm)
+    deeper_max = np.full(len(names), math.nan)
+    deeper_min = np.full(len(names), math.nan)
+    top, low = -math.inf, math.inf
+    for i in range(len(names) - 1, -1, -1):
+        if not usable[i]:
+            continue
+        if top > 0 and math.isfinite(top):
+            deeper_max[i] = top
+        if math.isfinite(low):
+            deeper_min[i] = low
+        top = max(top, float(norm[i]))
+        if norm[i] > 0:
+            low = min(low, float(norm[i]))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        fr["norm_vs_deeper_max"] = norm / deeper_max
+        fr["norm_vs_deeper_min"] = norm / deeper_min
+    fr["norm"] = norm
+    fr["judged"] = usable
+    vanishing = fr["norm_vs_deeper_max"] < t.vanishing_backprop_ratio
+    fr["backprop_not_vanishing"] = usable & ~np.where(np.isnan(fr["norm_vs_deeper_max"]), False, vanishing)
+    return fr
+
+
+def _activation_frame(
+    names: list[str],
+    rows: list[Mapping[str, float]],
+    nonlinearities: Mapping[str, str | None],
+    context: Context,
+    t: HealthThresholds,
+) -> dict[str, np.ndarray]:
+    fr: dict[str, np.ndarray] = {}
+    bad = _nonfinite_columns(rows, fr)
+    nls = [nonlinearities.get(n) for n in names]
+    signal = np.array(
+        [float(r["signal_std"]) if r.get("signal_std") is not None else float(r.get("std", math.nan)) for r in rows]
+    )
+    fr["signal"] = signal
+    layer = np.array(
+        [nl is None and n not in context.norms and n not in context.renormalized and n not in context.embeddings
+         for n, nl in zip(names, nls, strict=True)],
+        dtype=bool,
+    )  # fmt: skip
+    is_output = np.array([n == context.output for n in names], dtype=bool)
+    profile = ~bad & layer & ~np.isnan(signal)
+    ref_ok = profile & ~is_output & np.isfinite(signal) & (signal > 0)
+    first = int(np.argmax(ref_ok)) if ref_ok.any() else -1
+    fr["signal_vs_first"] = signal / signal[first] if first >= 0 else np.full(len(names), math.nan)
+    if first >= 0:
+        profile = profile.copy()
+        profile[: first + 1] = False  # the reference and the layers before it are not judged against it
+    fr["profile"] = profile
+    # a small output is by design (zero- or 0.01-initialized heads: chance-level loss); a large one is judged
+    fr["profile_inner"] = profile & ~is_output
+    fr["_first"] = np.array([first])
+    fr["zero_fraction"] = _column(rows, "zero_fraction")
+    fr["relu_like"] = ~bad & np.array([nl in RELU_LIKE for nl in nls], dtype=bool)
+    fr["saturation"] = _column(rows, "saturation")
+    fr["bounded"] = ~bad & np.array([nl in BOUNDED for nl in nls], dtype=bool)
+    out = np.array([n == context.output for n in names], dtype=bool)
+    classes, loss = context.classes, context.loss
+    chance = math.log(classes) if classes is not None and classes >= 2 else math.nan
+    ratio = loss / chance if loss is not None and math.isfinite(chance) else math.nan
+    fr["loss_vs_chance"] = np.where(out, ratio, math.nan)
+    logit_floor = math.sqrt(2.0 * max(t.output_loss_ratio - 1.0, 0.0) * chance) if math.isfinite(chance) else math.inf
+    fr["logits_large"] = ~bad & out & (signal > logit_floor)
+    fr["row_ok"] = np.ones(len(names), dtype=bool)  # headroom is judged on every row, NaN/Inf ones included
+    fr["underflow"] = _column(rows, "underflow")
+    fr["overflow"] = _column(rows, "overflow")
+    return fr
+
+
+def frame(
+    kind: Kind,
+    table: Mapping[str, Mapping[str, float]],
+    thresholds: HealthThresholds | None = None,
+    *,
+    nonlinearities: Mapping[str, str | None] | None = None,
+    context: Context | None = None,
+) -> tuple[list[str], dict[str, np.ndarray]]:
+    """The rows of ``table`` (``total`` excluded) and every column the rule table reads, as numpy arrays."""
+    t = thresholds or HealthThresholds()
+    ctx = context or Context()
+    names = [n for n in table if not (kind == "grad" and n == "total")]
+    rows = [table[n] for n in names]
+    if kind == "weight":
+        return names, _weight_frame(names, rows, ctx)
+    if kind == "grad":
+        return names, _grad_frame(names, rows, ctx, t)
+    if kind == "activation":
+        return names, _activation_frame(names, rows, nonlinearities or {}, ctx, t)
+    if kind == "output_grad":
+        return names, _output_grad_frame(names, rows, t)
+    raise ValueError(f"`kind` must be one of {list(KINDS)}, got {kind!r}")
+
+
+# ------------------------------------------------------------------------------------------------ evaluation
+
+
+def _note(spec: RuleSpec, i: int, names: list[str], fr: dict[str, np.ndarray]) -> str:
+    if spec.statistic == "signal_vs_first":
+        first = int(fr["_first"][0])
+        return f"{_fmt(float(fr['signal'][i]))} vs {_fmt(float(fr['signal'][first]))} at {names[first]}"
+    if spec.statistic == "norm_vs_group":
+        return f"{_fmt(float(fr['norm'][i]))}; group: {fr['_group'][i]}"
+    return ""
+
+
+def evaluate(
+    kind: Kind,
+    table: Mapping[str, Mapping[str, float]],
+    thresholds: HealthThresholds | None = None,
+    *,
+    step: int,
+    nonlinearities: Mapping[str, str | None] | None = None,
+    context: Context | None = None,
 ) -> list[Finding]:
-    """``underflow`` / ``overflow`` of one row (present only for tensors in a 16-bit format)."""
-    out = []
-    under = _get(row, "underflow")
-    if under is not None and under > underflow_fraction:
-        out.append(_build("underflow", kind, (name,), _M_UNDERFLOW, under, underflow_fraction, step))
-    over = _get(row, "overflow")
-    if over is not None and over > overflow_fraction:
-        out.append(_build("overflow", kind, (name,), _M_OVERFLOW, over, overflow_fraction, step))
-    return out
+    """Judge ``table`` with every :data:`RULE_TABLE` entry of ``kind``: one array comparison per entry.
+
+    Returns:
+        Findings (and ``info`` reports) in table order, per row in rule-table order; a row that is not finite is
+        judged by ``nonfinite`` only.
+    """
+    t = thresholds or HealthThresholds()
+    names, fr = frame(kind, table, t, nonlinearities=nonlinearities, context=context)
+    nls = nonlinearities or {}
+    hits: list[tuple[int, int, Finding]] = []
+    for order, spec in enumerate(s for s in RULE_TABLE if s.kind == kind):
+        values = fr[spec.statistic]
+        threshold = spec.threshold_of(t)
+        with np.errstate(invalid="ignore"):
+            fired = _OPS[spec.op](values, threshold) & ~np.isnan(values)
+        if spec.applies:
+            fired &= fr[spec.applies]
+        for i in np.flatnonzero(fired):
+            value = float(values[i])
+            if spec.statistic == "abs_max_nonfinite":
+                value = float(fr["abs_max"][i])
+
+            nl = str(nls.get(names[i]) or "")
+            note = _note(spec, int(i), names, fr)
+            hits.append((int(i), order, _build(spec, (names[i],), value, threshold, step, note, nl)))
+    hits.sort(key=lambda h: (h[0], h[1]))
+    return [f for _, _, f in hits]
+
+
+def _thresholds(**values: float) -> HealthThresholds:
+    _validate(values)
+    return HealthThresholds(**values)
+
+
+# ------------------------------------------------------------------------------- the first version's functions
 
 
 def check_weights(
     table: Mapping[str, Mapping[str, float]],
     *,
     step: int,
-    symmetric_spread: float = SYMMETRIC_SPREAD,
-    update_ratio_low: float = UPDATE_RATIO_LOW,
-    update_ratio_high: float = UPDATE_RATIO_HIGH,
+    symmetric_spread: float = _BY_NAME["symmetric_spread"].default,
+    update_ratio_low: float = _BY_NAME["update_ratio_low"].default,
+    update_ratio_high: float = _BY_NAME["update_ratio_high"].default,
+    context: Context | None = None,
 ) -> list[Finding]:
-    """Judge a weight table ``{parameter: {stat: value}}`` (stats of the weight monitor).
-
-    Rules (see :class:`HealthThresholds` for the defaults' reasons):
-
-    - ``nonfinite``: ``nonfinite`` > 0 when logged, else ``abs_max`` is NaN/Inf.
-    - ``symmetric``: ``row_spread <= symmetric_spread`` (``row_spread`` is NaN, so never fires, for 1-D and
-      single-row parameters such as biases).
-    - ``update_ratio``: ``0 < update_ratio < update_ratio_low`` (frozen) or ``update_ratio > update_ratio_high``
-      (unstable). Not judged: parameters named ``*.bias`` (zero-initialized biases have huge ratios early on),
-      parameters whose ``norm`` is 0, a ratio of exactly 0 (learning rate 0, parameter not in the optimizer, skipped
-      step: intentional more often than not) and non-finite ratios.
-
-    Returns:
-        One finding per (rule, parameter), in table order.
-    """
-    _validate_weights(symmetric_spread, update_ratio_low, update_ratio_high)
-    out: list[Finding] = []
-    for name, row in table.items():
-        bad = _nonfinite("weight", name, row, step)
-        if bad is not None:
-            out.append(bad)
-            continue
-        spread = _get(row, "row_spread")
-        if spread is not None and spread <= symmetric_spread:
-            out.append(_build("symmetric", "weight", (name,), _M_SYMMETRIC, spread, symmetric_spread, step))
-        ratio = _get(row, "update_ratio")
-        norm = _get(row, "norm")
-        if ratio is None or _is_bias(name) or norm == 0.0 or not math.isfinite(ratio) or ratio == 0.0:
-            continue
-        if ratio < update_ratio_low:
-            out.append(_build("update_ratio", "weight", (name,), _M_UPDATE_LOW, ratio, update_ratio_low, step))
-        elif ratio > update_ratio_high:
-            out.append(_build("update_ratio", "weight", (name,), _M_UPDATE_HIGH, ratio, update_ratio_high, step))
-    return out
+    """Judge a weight table ``{parameter: {stat: value}}`` (the weight monitor's): the ``weight`` rows of
+    :data:`RULE_TABLE` (``nonfinite``, ``symmetric``, ``update_ratio``).
+    """  # noqa: D205
+    t = _thresholds(
+        symmetric_spread=symmetric_spread, update_ratio_low=update_ratio_low, update_ratio_high=update_ratio_high
+    )
+    return evaluate("weight", table, t, step=step, context=context)
 
 
 def check_grads(
     table: Mapping[str, Mapping[str, float]],
     *,
     step: int,
-    vanishing_grad_ratio: float = VANISHING_GRAD_RATIO,
-    vanishing_grad_floor: float = VANISHING_GRAD_FLOOR,
-    exploding_grad_norm: float = EXPLODING_GRAD_NORM,
-    exploding_grad_growth: float = EXPLODING_GRAD_GROWTH,
-    underflow_fraction: float = UNDERFLOW_FRACTION,
-    overflow_fraction: float = OVERFLOW_FRACTION,
+    vanishing_grad_ratio: float = _BY_NAME["vanishing_grad_ratio"].default,
+    vanishing_grad_floor: float = _BY_NAME["vanishing_grad_floor"].default,
+    exploding_grad_norm: float = _BY_NAME["exploding_grad_norm"].default,
+    exploding_grad_growth: float = _BY_NAME["exploding_grad_growth"].default,
+    grad_zero_ratio: float = _BY_NAME["grad_zero_ratio"].default,
+    underflow_fraction: float = _BY_NAME["underflow_fraction"].default,
+    overflow_fraction: float = _BY_NAME["overflow_fraction"].default,
+    context: Context | None = None,
 ) -> list[Finding]:
-    """Judge a gradient table ``{parameter: {stat: value}}`` ordered input -> output (a ``"total"`` row is ignored).
-
-    Depth profiles compare biases with biases and the other parameters with each other (a bias gradient is
-    naturally smaller than its weight's). With ``n_i`` the ``norm`` of parameter ``i``:
-
-    - ``nonfinite``: ``nonfinite`` > 0 when logged, else ``abs_max`` NaN/Inf; such a parameter is judged by no other
-      rule and left out of the profiles.
-    - ``vanishing_grad``: ``n_i < vanishing_grad_ratio * max(n_j, j deeper than i)`` (the gradient shrank on its
-      way back to the input), or ``n_i < vanishing_grad_floor``.
-    - ``exploding_grad``: ``n_i > exploding_grad_norm``, or ``n_i > exploding_grad_growth * min(n_j, j deeper)``
-      over positive ``n_j`` (it grew on its way back to the input).
-    - ``underflow`` / ``overflow`` (16-bit precision only, where the table has them): the fraction of gradient
-      elements below the format's smallest normal above ``underflow_fraction`` / above half its largest value above
-      ``overflow_fraction``.
-
-    Returns:
-        One finding per (rule, measure, parameter), in table order.
-    """
-    _validate_grads(vanishing_grad_ratio, vanishing_grad_floor, exploding_grad_norm, exploding_grad_growth)
-    out: list[Finding] = []
-    groups: dict[bool, list[tuple[str, float]]] = {True: [], False: []}
-    for name, row in table.items():
-        if name == "total":
-            continue
-        out.extend(_headroom("grad", name, row, step, underflow_fraction, overflow_fraction))
-        bad = _nonfinite("grad", name, row, step)
-        if bad is not None:
-            out.append(bad)
-            continue
-        norm = _get(row, "norm")
-        if norm is None or math.isnan(norm):
-            continue
-        if norm > exploding_grad_norm:
-            out.append(_build("exploding_grad", "grad", (name,), _M_GRAD_CEILING, norm, exploding_grad_norm, step))
-        elif norm < vanishing_grad_floor:
-            out.append(_build("vanishing_grad", "grad", (name,), _M_GRAD_FLOOR, norm, vanishing_grad_floor, step))
-        groups[_is_bias(name)].append((name, norm))
-    for members in groups.values():
-        deeper_max, deeper_min = -_INF, _INF
-        flagged: list[Finding] = []
-        for name, norm in reversed(members):
-            if deeper_max > 0 and math.isfinite(deeper_max) and norm < vanishing_grad_ratio * deeper_max:
-                flagged.append(
-                    _build(
-                        "vanishing_grad",
-                        "grad",
-                        (name,),
-                        _M_GRAD_RELATIVE,
-                        norm / deeper_max,
-                        vanishing_grad_ratio,
-                        step,
-                    )
-                )
-            elif math.isfinite(deeper_min) and norm > exploding_grad_growth * deeper_min:
-                flagged.append(
-                    _build(
-                        "exploding_grad",
-                        "grad",
-                        (name,),
-                        _M_GRAD_GROWTH,
-                        norm / deeper_min,
-                        exploding_grad_growth,
-                        step,
-                    )
-                )
-            deeper_max = max(deeper_max, norm)
-            if norm > 0:
-                deeper_min = min(deeper_min, norm)
-        out.extend(reversed(flagged))
-    order = {name: i for i, name in enumerate(table)}
-    out.sort(key=lambda f: order[f.layers[0]])  # stable: table order, then absolute before depth-profile rules
-    return out
+    """Judge a gradient table ``{parameter: {stat: value}}`` (a ``"total"`` row is ignored): the ``grad`` rows of
+    :data:`RULE_TABLE` (``nonfinite``, ``grad_zero`` information, ``exploding_grad``, ``vanishing_grad``).
+    """  # noqa: D205
+    t = _thresholds(
+        vanishing_grad_ratio=vanishing_grad_ratio,
+        vanishing_grad_floor=vanishing_grad_floor,
+        exploding_grad_norm=exploding_grad_norm,
+        exploding_grad_growth=exploding_grad_growth,
+        grad_zero_ratio=grad_zero_ratio,
+        underflow_fraction=underflow_fraction,
+        overflow_fraction=overflow_fraction,
+    )
+    return evaluate("grad", table, t, step=step, context=context)
 
 
 def check_activations(
@@ -500,150 +991,68 @@ def check_activations(
     nonlinearities: Mapping[str, str | None],
     *,
     step: int,
-    vanishing_activation_ratio: float = VANISHING_ACTIVATION_RATIO,
-    exploding_activation_ratio: float = EXPLODING_ACTIVATION_RATIO,
-    dead_fraction: float = DEAD_FRACTION,
-    saturated_fraction: float = SATURATED_FRACTION,
-    underflow_fraction: float = UNDERFLOW_FRACTION,
-    overflow_fraction: float = OVERFLOW_FRACTION,
+    vanishing_activation_ratio: float = _BY_NAME["vanishing_activation_ratio"].default,
+    exploding_activation_ratio: float = _BY_NAME["exploding_activation_ratio"].default,
+    dead_fraction: float = _BY_NAME["dead_fraction"].default,
+    saturated_fraction: float = _BY_NAME["saturated_fraction"].default,
+    output_loss_ratio: float = _BY_NAME["output_loss_ratio"].default,
+    underflow_fraction: float = _BY_NAME["underflow_fraction"].default,
+    overflow_fraction: float = _BY_NAME["overflow_fraction"].default,
+    context: Context | None = None,
 ) -> list[Finding]:
-    """Judge an activation table ``{module: {stat: value}}`` ordered input -> output.
+    """Judge an activation table ``{module: {stat: value}}`` ordered input -> output: the ``activation`` rows of
+    :data:`RULE_TABLE`.
 
     ``nonlinearities`` maps a module name to its nonlinearity (``lightning_init.activations.nonlinearity_of``);
-    ``None`` or absent means a parameterized layer (``Linear``, ``Conv``...), over which the depth profile is taken.
-
-    - ``nonfinite``: ``nonfinite`` > 0 when logged, else ``abs_max`` NaN/Inf (no other rule for that module).
-    - ``vanishing_activation`` / ``exploding_activation``: ``std`` of a parameterized layer divided by the ``std`` of
-      the first parameterized layer (with a finite, positive std) below ``vanishing_activation_ratio`` / above
-      ``exploding_activation_ratio``; the deepest layer is the one the seed's claim is about, every layer past the
-      bound is counted.
-    - ``dead``: ``zero_fraction > dead_fraction`` on a ReLU-like module (``activations.RELU_LIKE``).
-    - ``saturated``: ``saturation > saturated_fraction`` on a bounded module (``activations.BOUNDED``: tanh, sigmoid).
-    - ``underflow`` / ``overflow`` (16-bit precision only): as for gradients.
-
-    Returns:
-        One finding per (rule, module), in table order.
-    """
-    _validate_activations(vanishing_activation_ratio, exploding_activation_ratio, dead_fraction, saturated_fraction)
-    out: list[Finding] = []
-    first: tuple[str, float] | None = None
-    for name, row in table.items():
-        out.extend(_headroom("activation", name, row, step, underflow_fraction, overflow_fraction))
-        bad = _nonfinite("activation", name, row, step)
-        if bad is not None:
-            out.append(bad)
-            continue
-        nl = nonlinearities.get(name)
-        if nl is None:
-            std = _get(row, "std")
-            if std is None or math.isnan(std):
-                continue
-            if first is None:
-                if math.isfinite(std) and std > 0:
-                    first = (name, std)
-                continue
-            ratio = std / first[1]
-            note = f"{_fmt(std)} vs {_fmt(first[1])} at {first[0]}"
-            if ratio < vanishing_activation_ratio:
-                out.append(
-                    _build(
-                        "vanishing_activation",
-                        "activation",
-                        (name,),
-                        _M_ACT_VANISHING,
-                        ratio,
-                        vanishing_activation_ratio,
-                        step,
-                        note,
-                    )
-                )
-            elif ratio > exploding_activation_ratio:
-                out.append(
-                    _build(
-                        "exploding_activation",
-                        "activation",
-                        (name,),
-                        _M_ACT_EXPLODING,
-                        ratio,
-                        exploding_activation_ratio,
-                        step,
-                        note,
-                    )
-                )
-        elif nl in RELU_LIKE:
-            zero = _get(row, "zero_fraction")
-            if zero is not None and zero > dead_fraction:
-                out.append(_build("dead", "activation", (name,), _M_DEAD, zero, dead_fraction, step))
-        elif nl in _M_SATURATED:
-            sat = _get(row, "saturation")
-            if sat is not None and sat > saturated_fraction:
-                out.append(_build("saturated", "activation", (name,), _M_SATURATED[nl], sat, saturated_fraction, step))
-    return out
+    ``None`` or absent means a layer (``Linear``, ``Conv``...), over which the depth profile is taken.
+    """  # noqa: D205
+    t = _thresholds(
+        vanishing_activation_ratio=vanishing_activation_ratio,
+        exploding_activation_ratio=exploding_activation_ratio,
+        dead_fraction=dead_fraction,
+        saturated_fraction=saturated_fraction,
+        output_loss_ratio=output_loss_ratio,
+        underflow_fraction=underflow_fraction,
+        overflow_fraction=overflow_fraction,
+    )
+    return evaluate("activation", table, t, step=step, nonlinearities=nonlinearities, context=context)
 
 
 def check_backprop(
     table: Mapping[str, Mapping[str, float]],
     *,
     step: int,
-    vanishing_backprop_ratio: float = VANISHING_BACKPROP_RATIO,
-    exploding_backprop_growth: float = EXPLODING_BACKPROP_GROWTH,
+    vanishing_backprop_ratio: float = _BY_NAME["vanishing_backprop_ratio"].default,
+    exploding_backprop_growth: float = _BY_NAME["exploding_backprop_growth"].default,
 ) -> list[Finding]:
-    """Judge a backprop-signal table ``{module: {stat: value}}`` (``output_grad`` of GradientMonitor), input first.
+    """Judge a backprop-signal table ``{module: {stat: value}}`` (``output_grad`` of GradientMonitor), input first:
+    the ``output_grad`` rows of :data:`RULE_TABLE` (``nonfinite``; ``vanishing_backprop``: ``n_i <
+    vanishing_backprop_ratio * max(n_j, j deeper)``; ``exploding_backprop``: ``n_i > exploding_backprop_growth *
+    min(n_j > 0, j deeper)``, where not vanishing).
+    """  # noqa: D205
+    t = _thresholds(
+        vanishing_backprop_ratio=vanishing_backprop_ratio, exploding_backprop_growth=exploding_backprop_growth
+    )
+    return evaluate("output_grad", table, t, step=step)
 
-    ``norm`` is ``||dL/dh||`` of the module's output ``h`` over the step's batch. With ``n_i`` that of module ``i``:
 
-    - ``nonfinite``: ``nonfinite`` > 0 when logged, else ``abs_max`` NaN/Inf (left out of the profile);
-    - ``vanishing_backprop``: ``n_i < vanishing_backprop_ratio * max(n_j, j deeper than i)``: the signal shrank on
-      its way back to the input;
-    - ``exploding_backprop``: ``n_i > exploding_backprop_growth * min(n_j, j deeper)`` over positive ``n_j``.
+# ---------------------------------------------------------------------------------------------------- README
 
-    Returns:
-        One finding per (rule, module), in table order.
-    """
-    _validate_backprop(vanishing_backprop_ratio, exploding_backprop_growth)
-    out: list[Finding] = []
-    profile: list[tuple[str, float]] = []
-    for name, row in table.items():
-        bad = _nonfinite("output_grad", name, row, step)
-        if bad is not None:
-            out.append(bad)
-            continue
-        norm = _get(row, "norm")
-        if norm is not None and not math.isnan(norm):
-            profile.append((name, norm))
-    deeper_max, deeper_min = -_INF, _INF
-    flagged: list[Finding] = []
-    for name, norm in reversed(profile):
-        if deeper_max > 0 and math.isfinite(deeper_max) and norm < vanishing_backprop_ratio * deeper_max:
-            ratio = norm / deeper_max
-            flagged.append(
-                _build(
-                    "vanishing_backprop",
-                    "output_grad",
-                    (name,),
-                    _M_BACKPROP_VANISHING,
-                    ratio,
-                    vanishing_backprop_ratio,
-                    step,
-                )
-            )
-        elif math.isfinite(deeper_min) and norm > exploding_backprop_growth * deeper_min:
-            ratio = norm / deeper_min
-            flagged.append(
-                _build(
-                    "exploding_backprop",
-                    "output_grad",
-                    (name,),
-                    _M_BACKPROP_EXPLODING,
-                    ratio,
-                    exploding_backprop_growth,
-                    step,
-                )
-            )
-        deeper_max = max(deeper_max, norm)
-        if norm > 0:
-            deeper_min = min(deeper_min, norm)
-    out.extend(reversed(flagged))
-    order = {name: i for i, name in enumerate(table)}
-    out.sort(key=lambda f: order[f.layers[0]])
-    return out
+
+def rule_table_markdown() -> str:
+    """The README's rule table, from :data:`RULE_TABLE` and the thresholds' declarations."""
+    lines = [
+        "| rule | kind | fires when | on | default | why this default |",
+        "|---|---|---|---|---|---|",
+    ]
+    for s in RULE_TABLE:
+        if s.threshold:
+            spec = _BY_NAME[s.threshold]
+            cond = f"`{s.statistic}` {s.op} `{s.threshold}`"
+            default, why = f"{spec.default:g} (valid {spec.interval})", spec.reason
+        else:
+            cond = f"`{s.statistic}` {s.op} {s.bound:g}"
+            default, why = "-", "fixed"
+        kind = s.kind + (" (info)" if s.info else "")
+        lines.append(f"| `{s.rule}` | {kind} | {cond} | {s.where} | {default} | {why} |")
+    return "\n".join(lines)

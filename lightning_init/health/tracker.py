@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 
 from lightning_init.figures import ProfileHistory, depth_profile_figure, heatmap_figure
 from lightning_init.health.rules import (
-    _CASES,
     _KIND_WORD,
     KINDS,
     RULES_BY_KIND,
@@ -19,9 +18,10 @@ from lightning_init.health.rules import (
     Kind,
     Rule,
     _fmt,
-    _is_bias,
     merge_findings,
+    persistence,
 )
+from lightning_init.roles import is_bias_name
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -42,7 +42,14 @@ def health_tag(rule: Rule, kind: Kind) -> str:
 
 
 #: Which statistic each kind's depth-profile heatmap shows.
-PROFILE_STAT: dict[Kind, str] = {"weight": "update_ratio", "grad": "norm", "activation": "std", "output_grad": "norm"}
+PROFILE_STAT: dict[Kind, str] = {
+    "weight": "update_ratio",
+    "grad": "norm",
+    "activation": "signal_std",
+    "output_grad": "norm",
+}
+#: The statistic shown where a table has no ``PROFILE_STAT`` column (activation tables of the first version).
+_PROFILE_FALLBACK: dict[str, str] = {"signal_std": "std"}
 #: What each profile statistic is called on the figures' axes.
 PROFILE_LABEL: dict[str, str] = {
     "update_ratio": "update ratio",
@@ -53,20 +60,32 @@ PROFILE_LABEL: dict[str, str] = {
 
 
 def profile_of(
-    kind: Kind, table: Mapping[str, Mapping[str, float]], nonlinearities: Mapping[str, str | None] | None = None
+    kind: Kind,
+    table: Mapping[str, Mapping[str, float]],
+    nonlinearities: Mapping[str, str | None] | None = None,
+    *,
+    roles: Mapping[str, str] | None = None,
 ) -> dict[str, float]:
-    """One heatmap column: ``PROFILE_STAT[kind]`` of every non-bias parameter (weight, grad; ``total`` excluded) or
-    of every parameterized module (activation; ``nonlinearities[name] is None``), in table order.
+    """One heatmap column: ``PROFILE_STAT[kind]`` of every non-bias parameter (weight, grad; ``total`` excluded;
+    ``roles`` decides what a bias is, else :func:`~lightning_init.roles.is_bias_name`) or of every layer module
+    (activation; ``nonlinearities[name] is None``: the signal std, the plain std for tables without it), in table
+    order.
     """  # noqa: D205
     stat = PROFILE_STAT[kind]
     nls = nonlinearities or {}
+    rls = roles or {}
     out: dict[str, float] = {}
     for name, row in table.items():
-        if name == "total" or stat not in row:
+        key = stat if stat in row else _PROFILE_FALLBACK.get(stat, stat)
+        if name == "total" or key not in row:
             continue
-        if (kind == "activation" and nls.get(name) is not None) or (kind in ("weight", "grad") and _is_bias(name)):
+        if kind == "activation" and nls.get(name) is not None:
             continue
-        out[name] = float(row[stat])
+        if kind in ("weight", "grad") and (
+            rls.get(name) in ("bias", "norm_bias") or (name not in rls and is_bias_name(name))
+        ):
+            continue
+        out[name] = float(row[key])
     return out
 
 
@@ -106,6 +125,28 @@ class HealthTracker:
         self._status: dict[str, _Status] = {}
         self._layers: dict[str, None] = {}
         self._counts: dict[Rule, int] = dict.fromkeys(RULES_BY_KIND[kind], 0)
+        self._info: dict[str, dict[str, int]] = {}  # layer -> {info rule: first step}
+        self._streak: dict[tuple[str, str, str], int] = {}  # (rule, measure, layer) -> logged steps in a row
+
+    def confirm(self, findings: Iterable[Finding]) -> list[Finding]:
+        """The findings of one judged step whose rule has fired on their layer for as many logged steps in a row as
+        the rule requires (:attr:`~lightning_init.health.rules.RuleSpec.persist`); call once per judged step, before
+        :meth:`update`. A streak ends at the first judged step the rule does not fire on the layer.
+        """  # noqa: D205
+        streak: dict[tuple[str, str, str], int] = {}
+        out: list[Finding] = []
+        for f in findings:
+            need = persistence(f)
+            if need <= 1:
+                out.append(f)
+                continue
+            keys = [(f.rule, f.measure, layer) for layer in f.layers]
+            for key in keys:
+                streak[key] = self._streak.get(key, 0) + 1
+            if all(streak[key] >= need for key in keys):
+                out.append(f)
+        self._streak = streak
+        return out
 
     def update(
         self,
@@ -137,11 +178,23 @@ class HealthTracker:
         counts: dict[Rule, set[str]] = {rule: set() for rule in RULES_BY_KIND[self.kind]}
         new: list[Finding] = []
         for f in findings:
+            if f.info:  # information: in the report, returned once, never counted
+                fresh = False
+                for layer in f.layers:
+                    self._layers.setdefault(layer, None)
+                    rules = self._info.setdefault(layer, {})
+                    rules.setdefault(f.rule, f.step)
+                    if (f.rule, layer) not in self._warned:
+                        self._warned.add((f.rule, layer))
+                        fresh = True
+                if fresh:
+                    new.append(f)
+                continue
             counts.setdefault(f.rule, set()).update(f.layers)
             fresh = False
             for layer in f.layers:
                 self._layers.setdefault(layer, None)
-                op = _CASES[(f.rule, f.measure)].op
+                op = f.op
                 status = self._status.get(layer)
                 if status is None:
                     status = self._status[layer] = _Status(f.kind, f.step, f.step, {})
@@ -189,10 +242,12 @@ class HealthTracker:
         for name in flagged + healthy:
             s = self._status.get(name)
             cell = name.replace("|", "\\|")
+            info = self._info.get(name, {})
+            note = "".join(f" ({rule} at step {first}: information)" for rule, first in info.items())
             if s is None:
-                lines.append(f"| {cell} | {self.kind} | ok | | | |")
+                lines.append(f"| {cell} | {self.kind} | ok{note} | | | |")
                 continue
-            rules = ", ".join(s.last)
+            rules = ", ".join(s.last) + note
             values = "; ".join(
                 f"{r}: {_fmt(v)} {op} {_fmt(t)}" if op else f"{r}: {_fmt(v)} (not finite)"
                 for r, (v, op, t) in s.last.items()
@@ -229,6 +284,8 @@ class HealthTracker:
             "warned": sorted([list(k) for k in self._warned]),
             "layers": list(self._layers),
             "status": {name: dataclasses.asdict(s) for name, s in self._status.items()},
+            "info": {name: dict(rules) for name, rules in self._info.items()},
+            "streak": [[*key, n] for key, n in self._streak.items()],
             "history": self.history.state_dict(),
         }
 
@@ -240,4 +297,6 @@ class HealthTracker:
             name: _Status(s["kind"], s["first_step"], s["last_step"], {r: tuple(v) for r, v in s["last"].items()})
             for name, s in state["status"].items()
         }
+        self._info = {name: dict(rules) for name, rules in state.get("info", {}).items()}
+        self._streak = {(r, m, layer): int(n) for r, m, layer, n in state.get("streak", [])}
         self.history.load_state_dict(state["history"])

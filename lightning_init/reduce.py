@@ -39,7 +39,16 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["MOMENT_COLUMNS", "local_moments", "merge_moments", "moment_order"]
+__all__ = [
+    "MOMENT_COLUMNS",
+    "PARAM_COLUMNS",
+    "local_moments",
+    "merge_column_extremes",
+    "merge_moments",
+    "merge_norms",
+    "merge_param_moments",
+    "moment_order",
+]
 
 #: Columns of the per-module moment table exchanged between processes.
 MOMENT_COLUMNS: tuple[str, ...] = (
@@ -192,3 +201,89 @@ def moment_order(names: Sequence[str], parts: Sequence[Sequence[Sequence[float]]
         if orders:
             keys.append((orders[0][0], orders[0][1], i, name))
     return [name for *_, name in sorted(keys)]
+
+
+# ------------------------------------------------------------------------------------------ sharded parameters
+
+#: Columns of the per-parameter moment table of one shard (:mod:`lightning_init.sharded`), and how each merges
+#: across the processes that hold the shards (a device-side merge of the gathered ``[processes, params, columns]``):
+#:
+#: ============  ===================================================================
+#: column        reduction
+#: ============  ===================================================================
+#: ``numel``     sum
+#: ``mean``      element-weighted mean
+#: ``dev_norm``  root of the summed squared deviations, parallel formula (Chan et al.):
+#:               ``sum(dev_norm_p^2 + numel_p * (mean_p - mean)^2)``
+#: ``abs_max``   max (NaN wins)
+#: ``nonfinite`` sum
+#: ``spread``    max (the :func:`~lightning_init.stats.row_spread` numerator of a shard
+#:               that holds whole columns; shards of rows merge per column instead:
+#:               :func:`merge_column_extremes`)
+#: ============  ===================================================================
+#:
+#: Norm-like extras (``||w_t - w_{t-1}||``, ``||w||`` of a gradient ratio) merge as the root of the summed squares.
+PARAM_COLUMNS: tuple[str, ...] = ("numel", "mean", "dev_norm", "abs_max", "nonfinite", "spread")
+
+
+def merge_param_moments(parts: Tensor) -> dict[str, Tensor]:
+    """Merge gathered per-shard parameter rows ``[processes, params, len(PARAM_COLUMNS)]`` on their device.
+
+    Returns per-parameter columns (``[params]`` tensors): ``numel``, ``mean``, ``std`` (unbiased; 0 for one element,
+    NaN for none), ``norm`` (L2, from ``dev_norm^2 + numel * mean^2``; the ``abs_max`` of a tensor holding NaN/Inf,
+    as ``vector_norm`` gives), ``abs_max`` (NaN when any shard holds NaN), ``nonfinite`` and ``spread`` (max).
+    """
+    numel, mean, dev, amax, nonfinite, spread = parts.unbind(-1)
+    total = numel.sum(0)
+    merged_mean = (numel * mean).sum(0) / total.clamp_min(1.0)
+    held = numel > 0  # an empty shard's zero mean must not enter the deviation sum
+    m2 = torch.where(held, dev.square() + numel * (mean - merged_mean).square(), 0.0).sum(0)
+    nan = torch.full_like(total, math.nan)
+    std = torch.where(total > 1, m2.sqrt() / (total - 1).clamp_min(1.0).sqrt(), torch.where(total == 1, 0.0, nan))
+    amax_m = torch.where(amax.isnan().any(0), nan, amax.amax(0))
+    norm = torch.where(amax_m.isfinite(), (m2 + total * merged_mean.square()).sqrt(), amax_m)
+    merged_mean = torch.where(total > 0, merged_mean, nan)
+    return {
+        "numel": total,
+        "mean": merged_mean,
+        "std": std,
+        "norm": norm,
+        "abs_max": amax_m,
+        "nonfinite": nonfinite.sum(0),
+        "spread": spread.amax(0),
+    }
+
+
+def merge_norms(parts: Tensor) -> Tensor:
+    """``[processes, n]`` per-shard L2 norms -> ``[n]`` norms of the whole tensors (root of the summed squares)."""
+    return parts.square().sum(0).sqrt()
+
+
+def merge_column_extremes(
+    sums: Tensor, maxima: Tensor, minima: Tensor, rows: Tensor, segments: Tensor, n_segments: int
+) -> Tensor:
+    """Row-sharded weights: ``max_ij |w_ij - mean_i w_ij|`` of each whole weight from per-shard column extremes.
+
+    Each process holds some rows of a weight flattened to ``(rows, columns)`` and sends, per column, the sum, max and
+    min over its rows. Summed over processes, the sums give the column means; then ``max |w - column mean|`` is
+    ``max(max - mean, mean - min)`` per column, maximized over the weight's columns (exact: no rounding beyond that of
+    the inputs).
+
+    Args:
+        sums: ``[processes, columns]`` column sums (the columns of every row-sharded weight, concatenated).
+        maxima: ``[processes, columns]`` column maxima (``-inf`` for a shard with no rows).
+        minima: ``[processes, columns]`` column minima (``inf`` for a shard with no rows).
+        rows: ``[columns]`` the whole weight's row count, per column.
+        segments: ``[columns]`` which weight each column belongs to (``0 .. n_segments - 1``).
+        n_segments: the number of row-sharded weights.
+
+    Returns:
+        ``[n_segments]`` spread numerators (NaN where a column holds NaN).
+    """
+    col_mean = sums.sum(0) / rows
+    hi, lo = maxima.amax(0), minima.amin(0)
+    dev = torch.maximum(hi - col_mean, col_mean - lo)
+    out = torch.zeros(n_segments, dtype=dev.dtype, device=dev.device)
+    out = out.scatter_reduce(0, segments, torch.nan_to_num(dev, nan=math.inf), "amax", include_self=True)
+    has_nan = torch.zeros_like(out).index_add_(0, segments, dev.isnan().to(dev.dtype)) > 0
+    return torch.where(has_nan, torch.full_like(out, math.nan), out)

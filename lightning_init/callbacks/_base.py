@@ -23,8 +23,14 @@ Step convention (``k`` = ``trainer.global_step`` while optimizer step ``k`` runs
 Distributed (DDP): weights are replicated and gradients are read after the all-reduce, so every process measures the
 same numbers; activation statistics are merged across processes (one ``all_gather`` per logging step, see
 :mod:`lightning_init.reduce`) and describe the global batch. Every process therefore takes the same health decisions
-(``on_anomaly="stop"`` stops every rank at the same step); only rank zero writes. Sharded strategies (FSDP,
-DeepSpeed, ModelParallel) are refused by ``WeightMonitor`` and ``GradientMonitor`` at setup.
+(``on_anomaly="stop"`` stops every rank at the same step); only rank zero writes.
+
+Sharded (FSDP2 ``fully_shard`` through ``ModelParallelStrategy``): parameters and gradients are ``DTensor`` shards;
+``WeightMonitor`` and ``GradientMonitor`` report the statistics of the whole tensors, computed from the local shards
+and completed with ONE ``all_gather`` of a small per-shard table per monitor per logging step
+(:mod:`lightning_init.sharded`; never ``full_tensor()``), so the table, tags and health decisions are those of the
+unsharded run on every rank; histograms show rank zero's shards. FSDP1 (``FSDPStrategy``) and DeepSpeed flatten
+parameters into shards and are refused by ``WeightMonitor`` and ``GradientMonitor`` at setup.
 """
 
 from __future__ import annotations
@@ -61,6 +67,7 @@ from lightning_init.health import (
 from lightning_init.health.context import parameter_context
 from lightning_init.health.rules import Context
 from lightning_init.hooks import original_name
+from lightning_init.sharded import check_supported, is_sharded, local_tensor, sharded_columns
 from lightning_init.stats import (
     HEADROOM_STATS,
     HISTOGRAM_BINS,
@@ -302,12 +309,13 @@ class _LayerMonitor(Callback):
     def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
         if stage != "fit":
             return
-        sharded = sharded_strategy(trainer.strategy)
+        sharded = sharded_strategy(trainer.strategy, model_parallel=False)
         if sharded is not None and self.kind != "activation":
             raise RuntimeError(
-                f"{type(self).__name__} does not support `{sharded}`: its {self.kind}s are sharded across processes, "
-                f"so per-parameter statistics would describe one shard only. Use `strategy='ddp'`, or keep "
-                f"`ActivationMonitor` (module outputs are not sharded) and drop `{type(self).__name__}`."
+                f"{type(self).__name__} does not support `{sharded}`: it flattens {self.kind}s into shards, so "
+                "per-parameter statistics cannot be completed. Use `ModelParallelStrategy` with `fully_shard` in "
+                f"`configure_model` (FSDP2: supported), `strategy='ddp'`, or keep `ActivationMonitor` (module outputs "
+                f"are not sharded) and drop `{type(self).__name__}`."
             )
         self._every = (
             self.every_n_steps
@@ -548,17 +556,44 @@ def _param_table(
     stats: Sequence[str],
     *,
     extra: dict[str, list[Tensor]] | None = None,
+    norms: dict[str, list[Tensor]] | None = None,
     histograms: bool = False,
     count_nonfinite: bool = False,
+    trainer: "pl.Trainer | None" = None,
+    what: str = "parameter",
 ) -> tuple[Table, dict[str, list[float]], list[HostHistogram | None]]:
-    """Statistics of ``tensors`` (one transfer), repaired; returns the table, raw host columns and histograms."""
-    cols: dict[str, Any] = dict(tensor_columns(tensors, stats))
+    """Statistics of ``tensors`` (one transfer), repaired; returns the table, raw host columns and histograms.
+
+    ``norms`` are extra columns of L2 norms, one per tensor, of the tensors' local shards; ``extra`` columns pass
+    through as they are. When the tensors are ``DTensor`` shards (FSDP2), the statistics and ``norms`` are those of
+    the whole tensors, completed with ONE ``trainer.strategy.all_gather`` of a small per-shard table
+    (:mod:`lightning_init.sharded`; no gather of the tensors); histograms then show this process's shards.
+    """
+    sharded = trainer is not None and any(is_sharded(t) for t in tensors)
+    cols: dict[str, Any]
+    if sharded:
+        assert trainer is not None
+        check_supported(list(zip(names, tensors, strict=True)), trainer.world_size, what=what)
+        cols = dict(
+            sharded_columns(
+                tensors,
+                stats,
+                gather=trainer.strategy.all_gather,
+                rank=trainer.global_rank,
+                norms=norms,
+                count_nonfinite=count_nonfinite,
+            )
+        )
+    else:
+        cols = dict(tensor_columns(tensors, stats))
+        cols.update(norms or {})
     if extra:
         cols.update(extra)
     if histograms and tensors:
-        cols.update(histogram_columns(tensors, HISTOGRAM_BINS))
+        cols.update(histogram_columns([local_tensor(t) for t in tensors], HISTOGRAM_BINS))
     host = fetch(cols)
-    repair(tensors, host, count_nonfinite=count_nonfinite)
+    if not sharded:  # the sharded table is robust by construction (moments of x / max|x|, float64 merge)
+        repair(tensors, host, count_nonfinite=count_nonfinite)
     hists = (
         host_histograms(host["counts"], host["meta"], len(tensors), HISTOGRAM_BINS) if histograms and tensors else []
     )

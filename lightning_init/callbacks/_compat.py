@@ -9,6 +9,9 @@ torch-only helpers without importing Lightning.
 from __future__ import annotations
 
 import sys
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -25,6 +28,7 @@ __all__ = [
     "logger_prefix",
     "optimized_module_type",
     "sharded_strategy",
+    "suspended_fsdp_hooks",
 ]
 
 
@@ -61,8 +65,12 @@ def amp_state(trainer: "pl.Trainer", optimizer: torch.optim.Optimizer) -> tuple[
     return found, scale
 
 
-def sharded_strategy(strategy: object) -> str | None:
+def sharded_strategy(strategy: object, *, model_parallel: bool = True) -> str | None:
     """The name of ``strategy``'s class when it shards parameters (FSDP, DeepSpeed, ModelParallel), else ``None``.
+
+    FSDPStrategy (FSDP1) and DeepSpeedStrategy flatten parameters into shards; ``model_parallel=False`` leaves out
+    ModelParallelStrategy, whose FSDP2 / tensor-parallel parameters are ``DTensor``s (see
+    :mod:`lightning_init.sharded`).
 
     Not a private attribute but the one place that knows which strategies shard: Lightning has no public
     "does this strategy shard parameters" property, so the classes are named. ``getattr`` because DeepSpeed /
@@ -70,7 +78,7 @@ def sharded_strategy(strategy: object) -> str | None:
     """
     from lightning.pytorch import strategies
 
-    names = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")
+    names = ("FSDPStrategy", "DeepSpeedStrategy", *(("ModelParallelStrategy",) if model_parallel else ()))
     refused = tuple(cls for cls in (getattr(strategies, n, None) for n in names) if isinstance(cls, type))
     return type(strategy).__name__ if isinstance(strategy, refused) else None
 
@@ -115,3 +123,32 @@ def logger_prefix(logger: Any) -> str:
     """
     prefix = getattr(logger, "_prefix", "")
     return prefix if isinstance(prefix, str) else ""
+
+
+@contextmanager
+def suspended_fsdp_hooks(module: nn.Module) -> Iterator[None]:
+    """Run the body with the forward hooks of every FSDP2 module under ``module`` taken away, then put them back.
+
+    Private: ``nn.Module._forward_pre_hooks`` / ``_forward_hooks``. ``fully_shard`` registers its unshard/reshard
+    hooks on the module and keeps the handles in its private state; torch has no public way to pause them. While
+    ``WeightInit`` initializes whole-shape copies of the sharded parameters
+    (:func:`lightning_init.sharded.init_sharded_`), a data-flow trace (``torch.fx`` or a probe forward of
+    ``example_input_array``) would otherwise run FSDP's pre-forward hook: an all-gather that puts the sharded
+    parameters back mid-init and FSDP's one-time lazy init outside training ("FSDP state has already been lazily
+    initialized" at the first real forward).
+    """
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # pragma: no cover - torch without FSDP2
+        yield
+        return
+    saved = []
+    for m in module.modules():
+        if isinstance(m, FSDPModule):
+            saved.append((m, m._forward_pre_hooks, m._forward_hooks))
+            m._forward_pre_hooks, m._forward_hooks = OrderedDict(), OrderedDict()
+    try:
+        yield
+    finally:
+        for m, pre, post in saved:
+            m._forward_pre_hooks, m._forward_hooks = pre, post

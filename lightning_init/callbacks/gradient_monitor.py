@@ -44,6 +44,7 @@ from lightning_init.health import (
 )
 from lightning_init.hooks import OutputGradRecorder, original_name
 from lightning_init.reduce import local_moments, merge_moments, moment_order
+from lightning_init.sharded import local_tensor
 from lightning_init.stats import (
     DEFAULT_GRAD_STATS,
     GRAD_STATS,
@@ -153,7 +154,10 @@ class GradientMonitor(_LayerMonitor):
 
     Raises:
         {value_error}
-        RuntimeError: in ``setup``, under a strategy that shards parameters (FSDP, DeepSpeed, ModelParallel).
+        RuntimeError: in ``setup``, under FSDPStrategy (FSDP1) or DeepSpeedStrategy (flattened shards).
+        NotImplementedError: at the first measurement, for a ``DTensor`` layout the sharded statistics do not
+            support (2-D meshes: HSDP, FSDP + tensor parallel; ``Partial`` placements; see
+            :func:`lightning_init.sharded.check_supported`).
 
     Example::
 
@@ -399,8 +403,9 @@ class GradientMonitor(_LayerMonitor):
         grads = [p.grad.detach() for _, p in named if p.grad is not None]
         wanted = self._table_stats if scalars else ()
         extra: dict[str, list[Tensor]] = {}
+        norms: dict[str, list[Tensor]] = {}
         if "ratio" in wanted and named:
-            extra["_wnorm"] = list(torch._foreach_norm([p.detach() for _, p in named]))
+            norms["_wnorm"] = list(torch._foreach_norm([local_tensor(p.detach()) for _, p in named]))
         if amp is not None:
             found, scale = amp
             extra["_found_inf"] = [torch.stack([f.reshape(()).float() for f in found]).sum()]
@@ -421,7 +426,15 @@ class GradientMonitor(_LayerMonitor):
         )
         with torch.no_grad():
             table, host, hists = _param_table(
-                names, grads, needs_norm, extra=extra, histograms=histograms, count_nonfinite="nonfinite" in wanted
+                names,
+                grads,
+                needs_norm,
+                extra=extra,
+                norms=norms,
+                histograms=histograms,
+                count_nonfinite="nonfinite" in wanted,
+                trainer=trainer,
+                what="gradient",
             )
         if scalars:
             if "nonfinite" in wanted:

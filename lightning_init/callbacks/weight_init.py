@@ -6,6 +6,7 @@ The math lives in :mod:`lightning_init.init` / :mod:`lightning_init.schemes`; th
 from __future__ import annotations
 
 import contextlib
+import secrets
 import warnings
 import weakref
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from typing_extensions import override
 # Runtime import on purpose: LightningCLI (jsonargparse) checks these restricted types while parsing the config, so an
 # out-of-range value is a parser error before the callback is built.
 from lightning_init.argtypes import FiniteFloat, OpenUnitInterval, PositiveFiniteFloat, PositiveInt
-from lightning_init.callbacks._compat import sharded_strategy
+from lightning_init.callbacks._compat import sharded_strategy, suspended_fsdp_hooks
 from lightning_init.checks import check_bool, check_seed
 from lightning_init.graph import call_with, to_device
 from lightning_init.init import RESIDUAL_PRESETS, InitReport, ResidualPreset, init_module, materialize_
@@ -34,6 +35,7 @@ from lightning_init.schemes import (
     check_magnitude,
     validate_scheme,
 )
+from lightning_init.sharded import init_sharded_, is_sharded
 from lightning_init.writers import log_text
 
 if TYPE_CHECKING:
@@ -58,8 +60,15 @@ class WeightInit(Callback):
       list gets the scheme's weights every time; the info line says it initialized a new model), unless the model is
       the very one it initialized before (a second ``fit`` continuing training: its weights are kept).
     - **DDP:** parameters are broadcast from rank 0 after init, so every rank holds the same weights.
-    - **FSDP / DeepSpeed / ModelParallel:** refused (parameters are sharded and restored after setup); call
-      ``lightning_init.init_module(self, ...)`` inside ``configure_model`` instead.
+    - **ModelParallelStrategy (FSDP2 ``fully_shard``, tensor parallel):** every rank runs the initializer on
+      whole-shape copies of the sharded parameters, drawn from one stream (``seed``, or a seed drawn on rank 0 and
+      broadcast), and keeps its own shard: the sharded model holds bit for bit what the unsharded model initialized
+      with that seed holds (:func:`lightning_init.sharded.init_sharded_`; FSDP2's hooks are paused meanwhile, so
+      ``auto``'s data-flow trace runs on the copies; peak memory: one whole copy of the parameters per rank during
+      init). LSUV is refused. For LSUV, or for a model too large for one whole copy, call
+      ``lightning_init.init_module(self, ..., seed=...)`` inside ``configure_model`` before ``fully_shard``.
+    - **FSDPStrategy (FSDP1) / DeepSpeed:** refused (parameters are flattened shards); use ``ModelParallelStrategy``
+      with ``fully_shard``, or ``init_module`` inside ``configure_model``.
     - **Report:** a per-layer table (layer, shape, scheme, fan_in, fan_out, gain, expected std, actual std) printed
       once on rank zero and written to TensorBoard's Text tab under ``weight_init/report``.
     - **Symmetry:** layers whose output units are all identical after init (zeros, constants) get a ``UserWarning``.
@@ -120,7 +129,7 @@ class WeightInit(Callback):
             (``bias=nan``) or out of range; at fit start, for a rule that matches no layer, or with LSUV a model
             with neither ``forward`` nor ``lsuv_forward``; with LSUV, at the first training batch and before any
             weight changes, for a batch the model's forward cannot take (wrong shape, unreadable structure).
-        RuntimeError: In ``setup``, under FSDP, DeepSpeed or ModelParallel strategies.
+        RuntimeError: In ``setup``, under FSDPStrategy or DeepSpeedStrategy, or with LSUV under ModelParallelStrategy.
 
     Example::
 
@@ -188,12 +197,21 @@ class WeightInit(Callback):
     def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
         if stage != "fit":
             return
-        refused = sharded_strategy(trainer.strategy)
+        refused = sharded_strategy(trainer.strategy, model_parallel=False)
         if refused is not None:
             raise RuntimeError(
-                f"WeightInit cannot initialize parameters under {refused}: it shards them and restores checkpoints "
-                "after setup. Remove WeightInit and call `lightning_init.init_module(self, ...)` (same scheme and "
-                "parameters) inside your LightningModule's `configure_model` instead."
+                f"WeightInit cannot initialize parameters under {refused}: it flattens them into shards. Use "
+                "`ModelParallelStrategy` with `fully_shard` in `configure_model` (FSDP2), or remove WeightInit and "
+                "call `lightning_init.init_module(self, ...)` (same scheme and parameters) inside your "
+                "LightningModule's `configure_model` instead."
+            )
+        if self._data_dependent and sharded_strategy(trainer.strategy) is not None:
+            raise RuntimeError(
+                f"WeightInit(scheme={self.scheme!r}) cannot run LSUV under {type(trainer.strategy).__name__}: LSUV "
+                "rescales each layer from forward passes of whole weights, which a sharded model does not hold. Call "
+                "`lightning_init.init_module(self, 'lsuv', lsuv_batch=batch, seed=0)` inside `configure_model` "
+                "before `fully_shard`, with the same batch and seed on every rank, or train the LSUV step under "
+                "`strategy='ddp'`."
             )
 
     @override
@@ -241,18 +259,22 @@ class WeightInit(Callback):
         """Initialize, synchronize ranks, report. The one place a scheme is resolved and applied."""
         again = self._applied  # this object initialized another model in an earlier fit
         if batch is not None and _has_lazy(pl_module) and pl_module.example_input_array is None:
-            run = _lsuv_forward(pl_module) or default_forward
-            materialize_(pl_module, lambda: run(pl_module, batch))
+            forward = _lsuv_forward(pl_module) or default_forward
+            materialize_(pl_module, lambda: forward(pl_module, batch))
         if batch is not None and self._data_dependent:
             _probe_lsuv_forward(pl_module, batch, self.scheme, self.lsuv_tol, self.lsuv_max_iters)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            report = init_module(
-                pl_module,
+        sharded = any(is_sharded(p) for p in pl_module.parameters())
+        seed = self.seed
+        if sharded and seed is None:  # one stream for every rank's shards: rank 0's OS-seeded draw
+            seed = int(trainer.strategy.broadcast(secrets.randbits(62)))
+
+        def run(module: torch.nn.Module) -> InitReport:
+            return init_module(
+                module,
                 self.scheme,
                 rules=self.rules,
                 bias=self.bias,
-                seed=self.seed,
+                seed=seed,
                 example_input=pl_module.example_input_array,
                 only_rules=self.weights_loaded,
                 lsuv_batch=batch,
@@ -262,7 +284,16 @@ class WeightInit(Callback):
                 residual=self.residual,
                 **self.params,
             )
-        _broadcast_from_rank_zero(trainer, pl_module)
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            if sharded:  # whole-shape copies, FSDP2's hooks paused: a data-flow trace runs on the copies only
+                with suspended_fsdp_hooks(pl_module):
+                    report = init_sharded_(pl_module, run)
+            else:
+                report = run(pl_module)
+        if not sharded:
+            _broadcast_from_rank_zero(trainer, pl_module)
         self._applied, self._pending, self.report = True, False, report
         self._model = weakref.ref(pl_module)
         for w in caught:

@@ -31,6 +31,7 @@ from lightning_init.health import (
     OnAnomaly,
 )
 from lightning_init.health.context import adaptive_warmup
+from lightning_init.sharded import local_tensor
 from lightning_init.stats import (
     DEFAULT_WEIGHT_STATS,
     WEIGHT_STATS,
@@ -96,7 +97,10 @@ class WeightMonitor(_LayerMonitor):
 
     Raises:
         {value_error}
-        RuntimeError: in ``setup``, under a strategy that shards parameters (FSDP, DeepSpeed, ModelParallel).
+        RuntimeError: in ``setup``, under FSDPStrategy (FSDP1) or DeepSpeedStrategy (flattened shards).
+        NotImplementedError: at the first measurement, for a ``DTensor`` layout the sharded statistics do not
+            support (2-D meshes: HSDP, FSDP + tensor parallel; ``Partial`` placements; see
+            :func:`lightning_init.sharded.check_supported`).
 
     Example::
 
@@ -171,20 +175,23 @@ class WeightMonitor(_LayerMonitor):
         named = self._watched_parameters(pl_module)
         names = [n for n, _ in named]
         tensors = [p.detach() for _, p in named]
+        local = [local_tensor(t) for t in tensors]  # FSDP2: this process's shards (the snapshot is kept per shard)
         stats = [s for s in self._table_stats if s != "update_ratio"]
-        extra: dict[str, list[Tensor]] = {}
+        norms: dict[str, list[Tensor]] = {}
         snapshot_ok = (
             scalars
             and "update_ratio" in self._table_stats
             and self._snapshot_taken
-            and len(self._snapshot) == len(tensors) > 0
-            and all(s.shape == t.shape for s, t in zip(self._snapshot, tensors, strict=True))
+            and len(self._snapshot) == len(local) > 0
+            and all(s.shape == t.shape for s, t in zip(self._snapshot, local, strict=True))
         )
         if snapshot_ok:
-            torch._foreach_sub_(self._snapshot, tensors)  # before - after, in place in the snapshot buffers
-            extra = {"_diff": list(torch._foreach_norm(self._snapshot)), "_before": self._snapshot_norms}
+            torch._foreach_sub_(self._snapshot, local)  # before - after, in place in the snapshot buffers
+            norms = {"_diff": list(torch._foreach_norm(self._snapshot)), "_before": self._snapshot_norms}
         self._snapshot_taken, self._snapshot_norms = False, []
-        table, host, hists = _param_table(names, tensors, stats if scalars else [], extra=extra, histograms=histograms)
+        table, host, hists = _param_table(
+            names, tensors, stats if scalars else [], norms=norms, histograms=histograms, trainer=trainer
+        )
         if scalars:
             if snapshot_ok:
                 for i, name in enumerate(names):
@@ -235,7 +242,7 @@ class WeightMonitor(_LayerMonitor):
             self._warmup = adaptive_warmup(optimizer, k)
         if scalars and "update_ratio" in self._table_stats:
             with torch.no_grad():
-                params = [p.detach() for _, p in self._watched_parameters(pl_module)]
+                params = [local_tensor(p.detach()) for _, p in self._watched_parameters(pl_module)]
                 reusable = len(self._snapshot) == len(params) and all(
                     s.shape == p.shape and s.dtype == p.dtype and s.device == p.device
                     for s, p in zip(self._snapshot, params, strict=True)

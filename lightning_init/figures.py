@@ -89,6 +89,13 @@ def _text_px(chars: int, size: float) -> float:
     return chars * size * 0.7 * DPI / 72
 
 
+def _fit_names(names: Sequence[str], size: float, max_px: float) -> list[str]:
+    """``names`` shortened to at most ``max_px`` pixels at ``size`` points, keeping their ends (the distinctive part of a
+    qualified name: ``...layers.7.mlp.fc1``), so a margin sized from them never eats the plot."""
+    max_chars = max(4, int(max_px / _text_px(1, size)))
+    return [n if len(n) <= max_chars else "\u2026" + n[len(n) - max_chars + 1 :] for n in names]
+
+
 def _axes(fig: Figure, *, left_px: float, bottom_px: float, top_px: float, bar: bool) -> tuple[Any, Any]:
     """The plot's axes and its colour bar's axes at fixed pixel margins (right: colour bar and its labels)."""
     width_px, height_px = fig.get_figwidth() * DPI, fig.get_figheight() * DPI
@@ -205,6 +212,7 @@ def heatmap_figure(
     top_px, bottom_px = 24.0, 34.0 + (16.0 if handles else 0.0)
     axis_px = height_in * DPI - top_px - bottom_px
     rows, size = _layer_ticks(n_layers, axis_px)
+    layers = _fit_names(layers, size, 0.4 * WIDTH_IN * DPI)
     left_px = 8.0 + _text_px(max(len(layers[r]) for r in rows), size)
     ax, cax = _axes(fig, left_px=left_px, bottom_px=bottom_px, top_px=top_px, bar=limits is not None)
     good = np.ma.masked_where(~(np.isfinite(arr) & (arr > 0)), arr)
@@ -282,6 +290,7 @@ def depth_profile_figure(
     height_in = 3.6
     fig = _new_figure(height_in)
     ticks, size = _layer_ticks(n_layers, WIDTH_IN * DPI - 130)
+    layers = _fit_names(layers, size, 0.45 * height_in * DPI)
     bottom_px = 10.0 + _text_px(max(len(layers[t]) for t in ticks), size)
     ax, cax = _axes(fig, left_px=52.0, bottom_px=bottom_px, top_px=24.0, bar=True)
     cmap = colormaps["plasma"]

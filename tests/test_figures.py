@@ -92,6 +92,21 @@ def test_deep_models_show_every_kth_layer_name_without_overlap():
     assert all(a.y0 >= b.y1 or b.y0 >= a.y1 for a, b in itertools.pairwise(boxes))  # no two labels overlap
 
 
+@pytest.mark.parametrize("make", [heatmap_figure, depth_profile_figure])
+def test_long_layer_names_are_shortened_and_keep_the_plot_inside_the_figure(make):
+    # Deeply nested names (a depth sweep, a zoo model): the label margin must not eat the plot (it used to raise
+    # matplotlib's "Width and height specified must be non-negative" at fit end).
+    layers = [f"model.{'blocks.' * 12}{i}.mlp.fc.weight" for i in range(40)]
+    fig = make(np.ones((40, 3)), layers, STEPS[:3], title="t", label="x")
+    render(fig)
+    ax = fig.axes[0]
+    x0, y0, w, h = ax.get_position().bounds
+    assert w > 0.3 and h > 0.3  # the plot keeps most of the figure
+    ticks = ax.get_yticklabels() if make is heatmap_figure else ax.get_xticklabels()
+    texts = [t.get_text() for t in ticks]
+    assert texts and all(t.startswith("\u2026") and t.endswith(".mlp.fc.weight") for t in texts)
+
+
 def test_depth_profile_draws_one_line_per_step_coloured_by_step_on_a_log_axis():
     values = vanishing() * np.array([1.0, 2.0, 4.0, 8.0, 16.0])  # grows over steps
     fig = depth_profile_figure(values, LAYERS, STEPS, title="t", label="activation std")

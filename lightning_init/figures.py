@@ -90,8 +90,11 @@ def _text_px(chars: int, size: float) -> float:
 
 
 def _fit_names(names: Sequence[str], size: float, max_px: float) -> list[str]:
-    """``names`` shortened to at most ``max_px`` pixels at ``size`` points, keeping their ends (the distinctive part of a
-    qualified name: ``...layers.7.mlp.fc1``), so a margin sized from them never eats the plot."""
+    """``names`` shortened to at most ``max_px`` pixels at ``size`` points, keeping their ends.
+
+    The end is the distinctive part of a qualified name (``...layers.7.mlp.fc1``); a margin sized from the shortened
+    names never eats the plot.
+    """
     max_chars = max(4, int(max_px / _text_px(1, size)))
     return [n if len(n) <= max_chars else "\u2026" + n[len(n) - max_chars + 1 :] for n in names]
 

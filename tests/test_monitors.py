@@ -21,6 +21,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_init import ActivationMonitor, GradientMonitor, HealthThresholds, WeightInit, WeightMonitor
+from lightning_init.health import HealthTracker
 from tests.helpers import events, quiet_trainer, scalars
 
 # ----------------------------------------------------------------------------------------------- fixtures
@@ -363,14 +364,14 @@ def test_health_total_counts_flagged_layers_of_every_monitor_once_per_step(tmp_p
     # A zero init: every weight is symmetric, the gradients vanish, the ReLUs are dead.
     monitors = [WeightMonitor(every_n_steps=1), GradientMonitor(every_n_steps=1), ActivationMonitor(every_n_steps=1)]
     judged: dict[str, list[set[str]]] = {}
-    original = HealthThresholds.check
+    original = HealthTracker.confirm
 
-    def check(self, kind, table, **kw):  # record each judgement's findings: an independent count of flagged layers
-        findings = original(self, kind, table, **kw)
-        judged.setdefault(kind, []).append({layer for f in findings for layer in f.layers})
-        return findings
+    def confirm(self, findings):  # record each judgement's confirmed findings (information rows are not flags)
+        confirmed = original(self, findings)
+        judged.setdefault(self.kind, []).append({layer for f in confirmed if not f.info for layer in f.layers})
+        return confirmed
 
-    monkeypatch.setattr(HealthThresholds, "check", check)
+    monkeypatch.setattr(HealthTracker, "confirm", confirm)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer = fit(tmp_path, Net(), [WeightInit("zeros"), *monitors], max_steps=3)

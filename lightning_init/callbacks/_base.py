@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import gc
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar, get_args
@@ -89,6 +90,27 @@ __all__: list[str] = []
 DEFAULT_HISTOGRAM_EVERY_N_STEPS = 500
 
 _ON_ANOMALY: tuple[str, ...] = get_args(OnAnomaly)
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector while a monitor does the host work of a logging step.
+
+    A logging step allocates tens of thousands of short-lived container objects (tensor wrappers, rows, tags); with
+    the collector on they trigger ~100 young-generation collections and, every step or two, a full collection that
+    scans every tracked object of the process (~0.5 M in a Lightning + TensorBoard process: 0.1-0.4 s on these CPUs,
+    more than all the statistics). Reference counting frees everything the monitors allocate (they create no
+    reference cycles: checked with ``gc.DEBUG_SAVEALL`` over logging steps), so nothing is kept longer; the collector
+    is re-enabled on the way out, also on an exception, and left alone when it was already off.
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def _headroom_tags(kind: Kind) -> set[str]:

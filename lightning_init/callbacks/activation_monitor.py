@@ -23,6 +23,7 @@ from lightning_init.argtypes import PositiveInt
 from lightning_init.callbacks._base import (
     DEFAULT_HISTOGRAM_EVERY_N_STEPS,
     _document,
+    _gc_paused,
     _LayerMonitor,
     _type_matches,
 )
@@ -263,9 +264,13 @@ class ActivationMonitor(_LayerMonitor):
             return
         self._recording = k
         self._recording_scalars, self._recording_histograms = scalars, histograms
+        self._start(trainer, pl_module)
+
+    @_gc_paused()
+    def _start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         watched = self._watched_modules(pl_module)
         self._watched_names = [name for name, _ in watched]
-        self._recorder.start(watched, histograms=histograms, precision=str(trainer.precision))
+        self._recorder.start(watched, histograms=self._recording_histograms, precision=str(trainer.precision))
 
     @override
     def on_train_batch_end(
@@ -287,6 +292,7 @@ class ActivationMonitor(_LayerMonitor):
     def on_validation_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         self._recorder.enabled = True
 
+    @_gc_paused()
     def _finish(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", loss: Tensor | None = None) -> None:
         """Remove the hooks; merge the records (across processes: one ``all_gather``), fetch once, log.
 

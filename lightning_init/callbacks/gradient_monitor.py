@@ -23,6 +23,7 @@ from lightning_init.argtypes import PositiveInt
 from lightning_init.callbacks._base import (
     DEFAULT_HISTOGRAM_EVERY_N_STEPS,
     _document,
+    _gc_paused,
     _LayerMonitor,
     _param_table,
 )
@@ -274,6 +275,7 @@ class GradientMonitor(_LayerMonitor):
     def on_validation_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         self._backprop.enabled = True
 
+    @_gc_paused()
     def _finish_backprop(
         self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", optimizer: torch.optim.Optimizer
     ) -> None:
@@ -390,8 +392,21 @@ class GradientMonitor(_LayerMonitor):
         k = trainer.global_step  # the step the values are logged at
         index = self._step_index(trainer)  # the step the cadence applies to
         scalars, histograms = self._logs_scalars(index), self._logs_histograms(index)
-        if not (scalars or histograms):
-            return
+        if scalars or histograms:
+            self._measure(trainer, pl_module, optimizer, k, scalars=scalars, histograms=histograms)
+
+    @_gc_paused()
+    def _measure(
+        self,
+        trainer: "pl.Trainer",
+        pl_module: "pl.LightningModule",
+        optimizer: torch.optim.Optimizer,
+        k: int,
+        *,
+        scalars: bool,
+        histograms: bool,
+    ) -> None:
+        """The gradients of optimizer step ``k``: one table (one transfer), judged and logged; histograms."""
         optimizers = list(trainer.optimizers)
         position = next((i for i, o in enumerate(optimizers) if o is optimizer), 0)
         self._total_tag = "total" if len(optimizers) <= 1 else f"total_optimizer_{position}"

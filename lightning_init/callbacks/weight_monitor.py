@@ -20,6 +20,7 @@ from lightning_init.argtypes import PositiveInt
 from lightning_init.callbacks._base import (
     DEFAULT_HISTOGRAM_EVERY_N_STEPS,
     _document,
+    _gc_paused,
     _LayerMonitor,
     _param_table,
 )
@@ -168,6 +169,7 @@ class WeightMonitor(_LayerMonitor):
         self._snapshot_norms = []
         self._snapshot_taken = False
 
+    @_gc_paused()
     def _measure(
         self,
         trainer: "pl.Trainer",
@@ -246,18 +248,23 @@ class WeightMonitor(_LayerMonitor):
         if scalars and self.health:
             self._warmup = adaptive_warmup(optimizer, k)
         if scalars and "update_ratio" in self._table_stats:
-            with torch.no_grad():
-                params = [local_tensor(p.detach()) for _, p in self._watched_parameters(pl_module)]
-                reusable = len(self._snapshot) == len(params) and all(
-                    s.shape == p.shape and s.dtype == p.dtype and s.device == p.device
-                    for s, p in zip(self._snapshot, params, strict=True)
-                )
-                if not reusable:
-                    self._snapshot = [torch.empty_like(p) for p in params]
-                if params:
-                    torch._foreach_copy_(self._snapshot, params)
-                self._snapshot_norms = list(torch._foreach_norm(params)) if params else []
-                self._snapshot_taken = True
+            self._take_snapshot(pl_module)
+
+    @_gc_paused()
+    @torch.no_grad()
+    def _take_snapshot(self, pl_module: "pl.LightningModule") -> None:
+        """Copy the watched weights into the reused snapshot buffers (before the update of a logging step)."""
+        params = [local_tensor(p.detach()) for _, p in self._watched_parameters(pl_module)]
+        reusable = len(self._snapshot) == len(params) and all(
+            s.shape == p.shape and s.dtype == p.dtype and s.device == p.device
+            for s, p in zip(self._snapshot, params, strict=True)
+        )
+        if not reusable:
+            self._snapshot = [torch.empty_like(p) for p in params]
+        if params:
+            torch._foreach_copy_(self._snapshot, params)
+        self._snapshot_norms = list(torch._foreach_norm(params)) if params else []
+        self._snapshot_taken = True
 
     @override
     def on_train_batch_end(

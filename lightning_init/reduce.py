@@ -42,6 +42,7 @@ from torch import Tensor
 __all__ = [
     "MOMENT_COLUMNS",
     "PARAM_COLUMNS",
+    "call_moments",
     "local_moments",
     "merge_column_extremes",
     "merge_moments",
@@ -91,22 +92,45 @@ def local_moments(
         A ``[len(names), len(MOMENT_COLUMNS)]`` float64 tensor (float32 on MPS). ``order`` is the position of the
         module in ``rows``' insertion order (the order modules first ran).
     """
-    ran = [n for n in rows if rows[n]]
-    first = next((rows[n][0] for n in ran), None)
-    dev = first.device if first is not None else (device or torch.device("cpu"))
-    dtype = _accum_dtype(dev)
-    out = torch.zeros(len(names), _W, dtype=dtype, device=dev)
-    out[:, 7] = math.inf
-    if first is None:
-        return out
     index = {n: i for i, n in enumerate(names)}
-    calls = [(index[n], k) for n in ran if n in index for k in range(len(rows[n]))]
-    if not calls:
+    ran = [n for n in rows if rows[n] and n in index]
+    calls = [row for n in ran for row in rows[n]]
+    modules = [index[n] for n in ran for _ in rows[n]]
+    counts = [c for n in ran for c in numels[n][: len(rows[n])]]
+    first = next(iter(calls), None)
+    stacked = torch.stack(calls) if first is not None else torch.zeros(0, 8, device=device)
+    return call_moments(stacked, modules, counts, len(names), device=device)
+
+
+def call_moments(
+    calls: Tensor, modules: Sequence[int], numels: Sequence[int], n_modules: int, *, device: torch.device | None = None
+) -> Tensor:
+    """Merge recorded calls into one row of :data:`MOMENT_COLUMNS` per module, on the calls' device (vectorized).
+
+    Args:
+        calls: ``[C, len(ACTIVATION_ROW)]`` per-call rows (:data:`lightning_init.stats.ACTIVATION_ROW`), in call
+            order.
+        modules: the module index (``0 .. n_modules - 1``) of each call.
+        numels: the element count of each call.
+        n_modules: the table's number of rows (every watched module, the same on every process).
+        device: where to build the table when nothing was recorded (default: CPU).
+
+    Returns:
+        A ``[n_modules, len(MOMENT_COLUMNS)]`` float64 tensor (float32 on MPS). Modules without calls get
+        ``numel = 0`` and ``order = inf``; ``order`` is the rank of a module's first call among the modules that ran.
+    """
+    dev = calls.device if len(modules) else (device or torch.device("cpu"))
+    dtype = _accum_dtype(dev)
+    m = n_modules
+    out = torch.zeros(m, _W, dtype=dtype, device=dev)
+    out[:, 7] = math.inf
+    if not len(modules):
         return out
-    stacked = torch.stack([rows[names[i]][k] for i, k in calls]).to(dtype)  # [C, 6]
-    idx = torch.tensor([i for i, _ in calls], device=dev)
-    n = torch.tensor([float(numels[names[i]][k]) for i, k in calls], dtype=dtype, device=dev)
-    m = len(names)
+    first = {i: float(rank) for rank, i in enumerate(dict.fromkeys(modules))}  # first-run order (host, tiny)
+    order = torch.tensor([first.get(i, math.inf) for i in range(m)], dtype=dtype).to(dev, non_blocking=True)
+    stacked = calls.to(dtype)
+    idx = torch.tensor(list(modules), dtype=torch.long).to(dev, non_blocking=True)
+    n = torch.tensor(list(numels), dtype=dtype).to(dev, non_blocking=True)
     total = torch.zeros(m, dtype=dtype, device=dev).index_add_(0, idx, n)
     mean = torch.zeros(m, dtype=dtype, device=dev).index_add_(0, idx, n * stacked[:, 0]) / total.clamp_min(1.0)
     within = stacked[:, 1].square() * (n - 1.0).clamp_min(0.0)
@@ -119,8 +143,6 @@ def local_moments(
     )
     amax_m = torch.where(nan_amax > 0, torch.full_like(amax_m, math.nan), amax_m)
     counts = torch.zeros(m, 3, dtype=dtype, device=dev).index_add_(0, idx, stacked[:, 3:6])
-    position = {name: float(p) for p, name in enumerate(ran)}
-    order = torch.tensor([position.get(name, math.inf) for name in names], dtype=dtype, device=dev)
     dof = stacked[:, 7]
     ss = torch.where(dof > 0, stacked[:, 6].square() * dof, torch.zeros_like(dof))  # NaN signal of 1-sample calls
     signal = torch.zeros(m, 2, dtype=dtype, device=dev).index_add_(0, idx, torch.stack([ss, dof], dim=1))

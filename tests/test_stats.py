@@ -8,6 +8,7 @@ from lightning_init.stats import (
     ACTIVATION_ROW,
     HISTOGRAM_BINS,
     activation_row,
+    activation_rows,
     fetch,
     first_float_tensor,
     histogram_columns,
@@ -313,3 +314,26 @@ def test_tiny_values_whose_squares_underflow_are_reported_tiny_not_zero():
     assert host["norm"][0] == pytest.approx(torch.linalg.vector_norm(reference).item(), rel=1e-4)
     assert host["std"][0] == pytest.approx(reference.std().item(), rel=1e-4)
     assert host["mean"][0] == pytest.approx(reference.mean().item(), rel=1e-4)
+
+
+def test_activation_rows_of_stacked_outputs_match_activation_row_of_each() -> None:
+    # the staged (batched) path must give each call's row as the per-call reduction does, NaN/Inf/huge/half included
+    torch.manual_seed(0)
+    bad = torch.randn(4, 5, 3)
+    bad[1, 0, 0], bad[2, 1, 1], bad[3] = float("nan"), float("inf"), 0.0
+    cases = [
+        torch.randn(5, 16, 8),
+        torch.randn(3, 4, 3, 2, 2) * 1e30,
+        torch.randn(4, 1, 6),  # one sample: NaN signal
+        torch.randn(3, 7, dtype=torch.float64),
+        torch.randn(2, 8, 5).half(),
+        torch.zeros(3, 4, 4),
+        bad,
+    ]
+    for x in cases:
+        for bounds in (None, (-1.0, 1.0)):
+            got = activation_rows(x, bounds)
+            ref = torch.stack([activation_row(c, bounds) for c in x])
+            assert got.dtype == torch.float32
+            assert got.shape == (x.shape[0], len(ACTIVATION_ROW))
+            torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6, equal_nan=True)

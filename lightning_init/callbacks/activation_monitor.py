@@ -39,7 +39,7 @@ from lightning_init.health import (
 )
 from lightning_init.health.context import activation_context
 from lightning_init.hooks import ActivationRecorder, compiled_regions
-from lightning_init.reduce import local_moments, merge_moments, moment_order
+from lightning_init.reduce import merge_moments, moment_order
 from lightning_init.stats import (
     ACTIVATION_STATS,
     DEFAULT_ACTIVATION_STATS,
@@ -305,10 +305,10 @@ class ActivationMonitor(_LayerMonitor):
         self._recording = None
         names = self._watched_names
         distributed = trainer.world_size > 1
-        if step is None or (not rec.rows and not distributed):
-            rec.clear()
+        if step is None or (not rec.calls and not distributed):
+            rec.reset()
             return
-        moments = local_moments(names, rec.rows, rec.numels, device=pl_module.device)
+        moments = rec.moments(device=pl_module.device)
         # the step's loss (for the output_scale rule) travels as one more row of the same collective
         loss_row = torch.full_like(moments[:1], math.nan)
         if loss is not None:
@@ -316,7 +316,8 @@ class ActivationMonitor(_LayerMonitor):
         moments = torch.cat([moments, loss_row])
         # [processes, modules + 1, columns]: the logging step's one collective, or this process alone
         moments = _all_gather(trainer, moments) if distributed else moments[None]
-        hist_names = [n for n in rec.rows if n in rec.histograms] if self._recording_histograms else []
+        ran = list(dict.fromkeys(rec.names[i] for i in rec.calls))  # the order modules first ran
+        hist_names = [n for n in ran if n in rec.histograms] if self._recording_histograms else []
         cols: dict[str, Any] = {"moments": moments}
         for i, n in enumerate(hist_names):
             cols[f"c{i}"] = rec.histograms[n]["counts"]
@@ -342,14 +343,15 @@ class ActivationMonitor(_LayerMonitor):
             full = merge_moments([rows[index[n]] for rows in parts], bounded=rec.bounded.get(n, False))
             table[n] = {s: full[s] for s in self._table_stats if s in full}
             self.nonlinearities[n] = nonlinearity_of(modules[n]) if n in modules else None
+        numels = rec.numels
         for i, n in enumerate(headroom_names):  # this process's outputs
             if n in table:
                 flat_h = host[f"h{i}"]
                 rows = [flat_h[4 * c : 4 * c + 4] for c in range(len(flat_h) // 4)]
-                extra = headroom_stats(rows, float(sum(rec.numels.get(n, ()))))
+                extra = headroom_stats(rows, float(sum(numels.get(n, ()))))
                 table[n].update({s: v for s, v in extra.items() if s in self._table_stats})
         hists = [host_histograms(host[f"c{i}"], host[f"m{i}"], 1, HISTOGRAM_BINS)[0] for i in range(len(hist_names))]
-        rec.clear()
+        rec.reset()
         if self.health:
             self._context = activation_context(modules, list(table), self.nonlinearities, loss=step_loss)
         if self._recording_scalars and table:

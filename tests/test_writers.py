@@ -122,3 +122,16 @@ def test_scalars_in_one_event_read_back_like_log_metrics(tmp_path: Path, prefix:
         assert [s for s, _ in got[tag]] == [s for s, _ in events] == [0, 5]
         for (_, a), (_, b) in zip(got[tag], events, strict=True):
             assert a == b or (a != a and b != b), tag  # equal, or both NaN
+
+
+def test_scalar_summary_is_the_protobuf_built_message_byte_for_byte() -> None:
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    from lightning_init.writers import scalar_summary
+
+    metrics = {"a/b": 1.5, "weight_norm/net.0.weight": 1e300, "x" * 300: float("nan"), "é/ü": -0.0, "tiny": -1e-45}
+    metrics |= {"int": 3, f"grad_norm/{'deep.' * 40}w": 2.0**-140}
+    for prefix in ("", "run-"):
+        ref = Summary(value=[Summary.Value(tag=prefix + k, simple_value=float(v)) for k, v in metrics.items()])
+        assert scalar_summary(metrics, prefix).SerializeToString() == ref.SerializeToString()
+    assert scalar_summary({}).SerializeToString() == b""

@@ -469,9 +469,11 @@ class _LayerMonitor(Callback):
         are logged with the table's scalars; ``judge=False`` logs without applying the health rules (a step the
         GradScaler skipped).
         """
+        tags = {name: self._row_tag(name) for name in table}
         metrics = {
-            f"{self.kind}_{stat}/{self._row_tag(name)}": value
+            prefix + tags[name]: value
             for stat in self.stats
+            for prefix in (f"{self.kind}_{stat}/",)
             for name, row in table.items()
             if (value := row.get(stat)) is not None
         }

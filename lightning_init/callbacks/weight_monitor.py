@@ -160,6 +160,7 @@ class WeightMonitor(_LayerMonitor):
         self._snapshot: list[Tensor] = []
         self._snapshot_norms: list[Tensor] = []
         self._snapshot_taken = False
+        self._snapshot_named: list[tuple[str, nn.Parameter]] = []
         self._warmup: set[int] = set()  # ids of the parameters in their adaptive optimizer's warm-up
 
     @override
@@ -168,6 +169,7 @@ class WeightMonitor(_LayerMonitor):
         self._snapshot = []
         self._snapshot_norms = []
         self._snapshot_taken = False
+        self._snapshot_named = []
 
     @_gc_paused()
     def _measure(
@@ -179,7 +181,8 @@ class WeightMonitor(_LayerMonitor):
         scalars: bool,
         histograms: bool,
     ) -> None:
-        named = self._watched_parameters(pl_module)
+        # the parameters listed for the snapshot of this step (no second walk of the model), else a fresh list
+        named = self._snapshot_named if self._snapshot_taken else self._watched_parameters(pl_module)
         names = [n for n, _ in named]
         tensors = [p.detach() for _, p in named]
         local = [local_tensor(t) for t in tensors]  # FSDP2: this process's shards (the snapshot is kept per shard)
@@ -195,7 +198,7 @@ class WeightMonitor(_LayerMonitor):
         if snapshot_ok:
             torch._foreach_sub_(self._snapshot, local)  # before - after, in place in the snapshot buffers
             norms = {"_diff": list(torch._foreach_norm(self._snapshot)), "_before": self._snapshot_norms}
-        self._snapshot_taken, self._snapshot_norms = False, []
+        self._snapshot_taken, self._snapshot_norms, self._snapshot_named = False, [], []
         table, host, hists = _param_table(
             names, tensors, stats if scalars else [], norms=norms, histograms=histograms, trainer=trainer
         )
@@ -254,7 +257,8 @@ class WeightMonitor(_LayerMonitor):
     @torch.no_grad()
     def _take_snapshot(self, pl_module: "pl.LightningModule") -> None:
         """Copy the watched weights into the reused snapshot buffers (before the update of a logging step)."""
-        params = [local_tensor(p.detach()) for _, p in self._watched_parameters(pl_module)]
+        self._snapshot_named = self._watched_parameters(pl_module)
+        params = [local_tensor(p.detach()) for _, p in self._snapshot_named]
         reusable = len(self._snapshot) == len(params) and all(
             s.shape == p.shape and s.dtype == p.dtype and s.device == p.device
             for s, p in zip(self._snapshot, params, strict=True)

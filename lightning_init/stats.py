@@ -300,6 +300,11 @@ def histogram_columns(tensors: Sequence[Tensor], bins: int = HISTOGRAM_BINS) -> 
     metas: list[Tensor] = []
     for t in tensors:
         x = t.detach().reshape(-1).float()
+        fast = _cpu_histogram(x, bins)
+        if fast is not None:
+            counts.append(fast[0])
+            metas.append(fast[1])
+            continue
         finite = torch.isfinite(x)
         lo = torch.where(finite, x, math.inf).amin() if x.numel() else x.new_tensor(math.inf)
         hi = torch.where(finite, x, -math.inf).amax() if x.numel() else x.new_tensor(-math.inf)
@@ -315,6 +320,25 @@ def histogram_columns(tensors: Sequence[Tensor], bins: int = HISTOGRAM_BINS) -> 
     if not counts:
         return {"counts": torch.zeros(0, bins), "meta": torch.zeros(0, 5)}
     return {"counts": torch.stack(counts), "meta": torch.stack(metas)}
+
+
+def _cpu_histogram(x: Tensor, bins: int) -> tuple[Tensor, Tensor] | None:
+    """:func:`histogram_columns` of one flat float32 CPU tensor whose values are all finite, with ``torch.histc``.
+
+    On the CPU reading a value is no device transfer, so the range is read first and ``histc`` (one dedicated pass)
+    bins the values, ~3x cheaper than the general path's masked reductions and ``scatter_add_``. ``None`` (use the
+    general path) off the CPU, for an empty tensor, one holding NaN/Inf, a constant one, or a range so wide that
+    ``max - min`` overflows float32.
+    """
+    if x.device.type != "cpu" or not x.numel():
+        return None
+    lo_t, hi_t = x.amin(), x.amax()
+    lo, hi = float(lo_t), float(hi_t)
+    if not (math.isfinite(lo) and math.isfinite(hi)) or not hi > lo or not hi - lo < 1e38:  # float32 arithmetic
+        return None
+    hist = torch.histc(x, bins=bins, min=lo, max=hi)
+    meta = torch.stack([lo_t, hi_t, x.new_tensor(float(x.numel())), x.sum(), torch.dot(x, x)])
+    return hist, meta
 
 
 class HostHistogram(NamedTuple):

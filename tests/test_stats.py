@@ -337,3 +337,30 @@ def test_activation_rows_of_stacked_outputs_match_activation_row_of_each() -> No
             assert got.dtype == torch.float32
             assert got.shape == (x.shape[0], len(ACTIVATION_ROW))
             torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6, equal_nan=True)
+
+
+def test_cpu_histogram_fast_path_matches_the_general_path() -> None:
+    # finite CPU tensors take torch.histc; the bins, counts (up to float rounding at an edge) and moments must be the
+    # general (device-agnostic) path's
+    from lightning_init import stats
+
+    g = torch.Generator().manual_seed(0)
+    for x in (torch.randn(1000, generator=g), torch.rand(37, 5, generator=g) * 1e6 - 3.0, torch.arange(10.0).half()):
+        flat = x.reshape(-1).float()
+        fast = stats._cpu_histogram(flat, HISTOGRAM_BINS)
+        assert fast is not None
+        finite = torch.isfinite(flat)
+        lo, hi = flat.amin(), flat.amax()
+        half = hi / 2 - lo / 2
+        pos = ((flat / 2 - lo / 2) / half * HISTOGRAM_BINS).floor().clamp(0, HISTOGRAM_BINS - 1).long()
+        general = torch.zeros(HISTOGRAM_BINS).scatter_add_(0, pos, torch.ones_like(flat))
+        assert fast[0].sum().item() == flat.numel()
+        assert (fast[0] - general).abs().max().item() <= 1
+        ref = torch.stack([lo, hi, finite.sum().float(), flat.sum(), flat.square().sum()])
+        torch.testing.assert_close(fast[1], ref, rtol=1e-5, atol=0)
+        cols = histogram_columns([x], HISTOGRAM_BINS)
+        torch.testing.assert_close(cols["counts"][0], fast[0])
+    bad = torch.tensor([1.0, float("nan"), 2.0])
+    assert stats._cpu_histogram(bad, HISTOGRAM_BINS) is None  # NaN/Inf, constant, empty: the general path
+    assert stats._cpu_histogram(torch.full((3,), 2.0), HISTOGRAM_BINS) is None
+    assert stats._cpu_histogram(torch.zeros(0), HISTOGRAM_BINS) is None

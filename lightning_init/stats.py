@@ -466,6 +466,17 @@ def activation_row_and_unit_means(output: Tensor, bounds: tuple[float, float] | 
 def activation_rows(outputs: Tensor, bounds: tuple[float, float] | None = None) -> Tensor:
     """:func:`activation_row` of each of ``C`` module outputs of one shape at once: ``[C, len(ACTIVATION_ROW)]``.
 
+    The rows of :func:`activation_rows_and_unit_means` (which documents them), without the unit means.
+    """
+    return activation_rows_and_unit_means(outputs, bounds)[0]
+
+
+def activation_rows_and_unit_means(outputs: Tensor, bounds: tuple[float, float] | None = None) -> tuple[Tensor, Tensor]:
+    """:func:`activation_row_and_unit_means` of each of ``C`` module outputs of one shape at once.
+
+    Returns the ``[C, len(ACTIVATION_ROW)]`` float32 rows and the ``[C, units]`` unit means (in the reduction's
+    dtype, as :func:`activation_row_and_unit_means`).
+
     ``outputs`` is ``[C, *shape]`` (``C`` calls stacked, ``shape`` with at least one dimension, its first the samples);
     row ``c`` equals ``activation_row(outputs[c], bounds)`` up to float rounding (the same scaled two-pass
     reductions, along dimensions instead of over the whole tensor). A fixed number of tensor ops whatever ``C``: what
@@ -501,7 +512,7 @@ def activation_rows(outputs: Tensor, bounds: tuple[float, float] | None = None) 
     else:
         low, high = bounds
         saturated = ((flat < low + SATURATION_MARGIN) | (flat > high - SATURATION_MARGIN)).sum(dim=1)
-    return torch.stack(
+    rows = torch.stack(
         [
             mean_y * scale,
             std_y * scale,
@@ -514,6 +525,7 @@ def activation_rows(outputs: Tensor, bounds: tuple[float, float] | None = None) 
         ],
         dim=1,
     ).float()
+    return rows, unit_mean.mul_(scale[:, None])
 
 
 # ------------------------------------------------------------------------------------------ backprop signal

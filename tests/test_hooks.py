@@ -69,3 +69,58 @@ def test_recorder_reduces_half_precision_in_float32() -> None:
     layer(x)
     assert rec.rows["id"][0].dtype == torch.float32
     rec.clear()
+
+
+def test_staged_and_direct_rows_agree_with_per_call_reductions_and_staging_is_bounded(monkeypatch) -> None:
+    # Small outputs are staged (copied, reduced together at the end), large ones reduced in the hook: either way each
+    # call's row is activation_row of that call's output; past STAGE_BYTES, outputs are reduced in the hook.
+    from lightning_init import hooks
+    from lightning_init.stats import activation_row
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 300), nn.Tanh(), nn.Linear(300, 6))
+    names = [("0", model[0]), ("1", model[1]), ("2", model[2])]
+    xs = [torch.randn(4, 6), torch.randn(80, 6), torch.randn(4, 6)]  # [80, 300]: above STAGE_NUMEL
+    outs = []
+    for x in xs:
+        h0 = model[0](x)
+        h1 = torch.tanh(h0)
+        outs.append([h0, h1, model[2](h1)])
+    expected = {n: [activation_row(o[i], (-1.0, 1.0) if n == "1" else None) for o in outs] for i, n in enumerate("012")}
+    for budget in (hooks.STAGE_BYTES, 4 * 4 * 300 * 4):  # the default, and room for 4 staged [4, 300] outputs only
+        monkeypatch.setattr(hooks, "STAGE_BYTES", budget)
+        rec = ActivationRecorder()
+        previous: dict = {}
+        for repeat in range(2):  # the second logging step reuses the staging buffers
+            rec.start(names)
+            with torch.no_grad():
+                for j, x in enumerate(xs):
+                    if j:
+                        rec.next_batch()  # each input its own micro-batch
+                    model(x)
+            rec.stop()
+            staged = {k: s.buffer.data_ptr() for k, s in rec._stages.items()}
+            got = rec.rows
+            assert list(got) == ["0", "1", "2"]
+            assert rec.numels["1"] == [1200, 24000, 1200]
+            for n in "012":
+                torch.testing.assert_close(torch.stack(got[n]), torch.stack(expected[n]), rtol=1e-5, atol=1e-6)
+            # the signal's unit means: one state per call position, the two micro-batches merged (UnitMeans, Chan)
+            states = rec.unit_means
+            assert not rec.mixed
+            assert [len(states[n]) for n in "012"] == [1, 1, 1]
+            for i, n in enumerate("012"):
+                assert states[n][0].samples == sum(x.shape[0] for x in xs)
+                ref = torch.cat([o[i] for o in outs]).double().mean(0)
+                torch.testing.assert_close(states[n][0].mean, ref, rtol=1e-5, atol=1e-6)
+            moments = rec.moments()
+            assert moments.shape == (3, 10)
+            assert moments[:, 0].tolist() == [26400, 26400, 528]
+            if repeat:
+                assert staged == previous  # same buffers, refilled in place
+            previous = staged
+            assert sum(s.buffer.numel() * 4 for s in rec._stages.values()) <= budget
+        rec.clear()
+        assert not rec._stages
+        assert not rec.rows
+        assert not rec.active

@@ -8,7 +8,9 @@ from lightning_init.stats import (
     ACTIVATION_ROW,
     HISTOGRAM_BINS,
     activation_row,
+    activation_row_and_unit_means,
     activation_rows,
+    activation_rows_and_unit_means,
     fetch,
     first_float_tensor,
     histogram_columns,
@@ -332,8 +334,11 @@ def test_activation_rows_of_stacked_outputs_match_activation_row_of_each() -> No
     ]
     for x in cases:
         for bounds in (None, (-1.0, 1.0)):
-            got = activation_rows(x, bounds)
+            got, means = activation_rows_and_unit_means(x, bounds)
+            torch.testing.assert_close(activation_rows(x, bounds), got, equal_nan=True)
             ref = torch.stack([activation_row(c, bounds) for c in x])
+            ref_means = torch.stack([activation_row_and_unit_means(c, bounds)[1] for c in x])
+            torch.testing.assert_close(means, ref_means, rtol=1e-5, atol=1e-6, equal_nan=True)
             assert got.dtype == torch.float32
             assert got.shape == (x.shape[0], len(ACTIVATION_ROW))
             torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6, equal_nan=True)

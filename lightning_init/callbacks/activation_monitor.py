@@ -42,7 +42,6 @@ from lightning_init.hooks import ActivationRecorder, compiled_regions
 from lightning_init.reduce import (
     SIGNAL_CAPACITY,
     exact_signal_std,
-    local_moments,
     local_signal,
     merge_moments,
     merge_signal,
@@ -317,16 +316,20 @@ class ActivationMonitor(_LayerMonitor):
         self._recording = None
         names = self._watched_names
         distributed = trainer.world_size > 1
-        if step is None or (not rec.rows and not distributed):
-            rec.clear()
+        if step is None or (not rec.calls and not distributed):
+            rec.reset()
             return
-        moments = local_moments(names, rec.rows, rec.numels, device=pl_module.device)
-        # the signal std over every sample of the step's micro-batches (exact where each call position kept its shape)
-        capacity = self._signal_capacity if distributed else 0
-        signal, layout, vector, segments = local_signal(
-            names, rec.unit_means, rec.mixed, capacity=capacity, device=moments.device
-        )
-        moments[:, 8:10] = torch.where(signal[:, 2:] > 0, signal[:, :2], moments[:, 8:10])
+        moments = rec.moments(device=pl_module.device)
+        vector: Tensor | None = None
+        segments: list[tuple[int, int, int]] = []
+        if distributed or rec.micro_batches > 1:
+            # the signal std over every sample of the step's micro-batches (exact where each call position kept its
+            # shape); one micro-batch on one process: the moments' pooled signal columns are that already
+            capacity = self._signal_capacity if distributed else 0
+            signal, layout, vector, segments = local_signal(
+                names, rec.unit_means, rec.mixed, capacity=capacity, device=moments.device
+            )
+            moments[:, 8:10] = torch.where(signal[:, 2:] > 0, signal[:, :2], moments[:, 8:10])
         # the step's loss (for the output_scale rule) travels as one more row of the same collective
         loss_row = torch.full_like(moments[:1], math.nan)
         if loss is not None:
@@ -343,7 +346,8 @@ class ActivationMonitor(_LayerMonitor):
             moments = gathered[:, :a].reshape(-1, *moments.shape)  # [processes, modules + 1, columns]
         else:
             moments = moments[None]  # this process alone
-        hist_names = [n for n in rec.rows if n in rec.histograms] if self._recording_histograms else []
+        ran = list(dict.fromkeys(rec.names[i] for i in rec.calls))  # the order modules first ran
+        hist_names = [n for n in ran if n in rec.histograms] if self._recording_histograms else []
         cols["moments"] = moments
         for i, n in enumerate(hist_names):
             cols[f"c{i}"] = rec.histograms[n]["counts"]
@@ -376,14 +380,15 @@ class ActivationMonitor(_LayerMonitor):
                 full["signal_std"] = exact_signal_std(own, between[2 * i], units[i])
             table[n] = {s: full[s] for s in self._table_stats if s in full}
             self.nonlinearities[n] = nonlinearity_of(modules[n]) if n in modules else None
+        numels = rec.numels
         for i, n in enumerate(headroom_names):  # this process's outputs
             if n in table:
                 flat_h = host[f"h{i}"]
                 rows = [flat_h[4 * c : 4 * c + 4] for c in range(len(flat_h) // 4)]
-                extra = headroom_stats(rows, float(sum(rec.numels.get(n, ()))))
+                extra = headroom_stats(rows, float(sum(numels.get(n, ()))))
                 table[n].update({s: v for s, v in extra.items() if s in self._table_stats})
         hists = [host_histograms(host[f"c{i}"], host[f"m{i}"], 1, HISTOGRAM_BINS)[0] for i in range(len(hist_names))]
-        rec.clear()
+        rec.reset()
         if self.health:
             self._context = activation_context(modules, list(table), self.nonlinearities, loss=step_loss)
         if self._recording_scalars and table:

@@ -21,7 +21,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_init import ActivationMonitor, GradientMonitor, HealthThresholds, WeightInit, WeightMonitor
-from lightning_init.health import HealthTracker
+from lightning_init.health import HealthError, HealthTracker
 from tests.helpers import events, quiet_trainer, scalars
 
 # ----------------------------------------------------------------------------------------------- fixtures
@@ -413,6 +413,39 @@ def test_no_hooks_or_references_after_fit_and_after_exception(tmp_path: Path) ->
     assert _all_hooks(failing) == 0  # ...and are gone after the exception raised in the middle of a logging step
     assert not act._recorder.rows
     assert act._recording is None
+
+
+def test_the_cyclic_gc_is_paused_only_inside_the_monitors_and_always_restored(tmp_path: Path) -> None:
+    # The monitors pause gc during their logging-step host work: it must be on again after every hook (also when
+    # the health rules raise), stay off when the user turned it off, and never be off while the model runs.
+    import gc
+
+    seen: list[bool] = []
+
+    class Probe(Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.append(gc.isenabled())
+
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            seen.append(gc.isenabled())
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            seen.append(gc.isenabled())
+
+    monitors = [WeightMonitor(every_n_steps=1), GradientMonitor(every_n_steps=1), ActivationMonitor(every_n_steps=1)]
+    fit(tmp_path, Net(), [*monitors, Probe()], max_steps=3)
+    assert gc.isenabled()
+    assert seen
+    assert all(seen)
+    with pytest.raises(HealthError):  # raised inside a paused region
+        fit(tmp_path, Net(), [GradientMonitor(every_n_steps=1, on_anomaly="raise", exploding_grad_norm=1e-9)])
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        fit(tmp_path, Net(), [WeightMonitor(every_n_steps=1)], max_steps=2)
+        assert not gc.isenabled()  # left alone when it was off
+    finally:
+        gc.enable()
 
 
 class _Counter(TorchFunctionMode):

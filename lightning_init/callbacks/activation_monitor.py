@@ -81,7 +81,10 @@ class ActivationMonitor(_LayerMonitor):
     Forward hooks are registered in ``on_train_batch_start`` only when the optimizer step the batch belongs to logs,
     and removed as soon as that step is done (never during sanity checking or validation; no hook work at all on the
     other steps). A hook keeps only small float32 reductions of the module's output (the first floating-point tensor
-    of a tuple/list/dict output), never the tensor. With gradient accumulation the statistics cover every
+    of a tuple/list/dict output), never the tensor itself: a small output (at most 16 Ki elements) is copied into a
+    reused staging buffer of its shape and reduced with the step's other outputs of that shape at the step's end
+    (bounded: 64 MiB per device, kept between logging steps, released at fit end; see
+    :class:`~lightning_init.hooks.ActivationRecorder`). With gradient accumulation the statistics cover every
     micro-batch of the step (merged exactly); a module called several times per step is reported over all calls.
 
     Watched by default: every non-root module that owns parameters directly (``Linear``, ``Conv``, norms...) plus every

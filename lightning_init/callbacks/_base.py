@@ -620,14 +620,16 @@ def _flow_order(trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> list[
     """``pl_module``'s modules in data-flow order (:func:`lightning_init.health.context.flow_order`), ``[]`` if none.
 
     From one side-effect-free forward of ``example_input_array`` when the module has one, else ``torch.fx``; not
-    for sharded parameters (a forward would run FSDP's all-gathers, a collective outside the logging step's one) or
-    compiled modules (the forward would compile), where the tables keep registration / execution order.
+    under a sharding strategy (FSDP, DeepSpeed, ModelParallel: a forward would all-gather, a collective outside the
+    logging step's one) or for compiled modules (the forward would compile), where the tables keep registration /
+    execution order.
     """
     cached = _FLOW_ORDERS.get(trainer)
     if cached is not None and cached[0] == id(pl_module):
         return cached[1]
     order: list[str] = []
-    if not compiled_regions(pl_module) and not any(is_sharded(p) for p in pl_module.parameters()):
+    sharded = sharded_strategy(trainer.strategy) is not None or any(is_sharded(p) for p in pl_module.parameters())
+    if not sharded and not compiled_regions(pl_module):
         example = pl_module.example_input_array
         if example is not None:
             from lightning.fabric.utilities.apply_func import move_data_to_device

@@ -79,10 +79,11 @@ from typing import Any, Literal, get_args
 import torch
 from torch import Tensor, nn
 
-from lightning_init.activations import Follower, is_norm, nonlinearity_of
+from lightning_init.activations import Follower, nonlinearity_of
 from lightning_init.checks import check_bool, check_seed
 from lightning_init.graph import DataFlow, dataflow, sequential_followers
 from lightning_init.lsuv import LSUV_LAYER_TYPES, LSUVReport, check_lsuv_args, isolated, lsuv_
+from lightning_init.roles import parameter_role
 from lightning_init.rules import InitRule, as_rules, check_all_match, first_match
 from lightning_init.schemes import (
     SchemeName,
@@ -348,27 +349,28 @@ def _private_generator(seed: int | None, generator: torch.Generator | None) -> t
 
 # -------------------------------------------------------------------------------------------------- roles
 
-#: The role of a parameter for initialization.
-Role = Literal[
+#: What init does with a parameter: its :data:`lightning_init.roles.Role` (the one definition of parameter roles),
+#: refined where the applier depends on the owner: ``recurrent`` (every weight of an RNN / LSTM / GRU, drawn per gate
+#: block), ``attention`` (``nn.MultiheadAttention``'s own weights, per q/k/v block), ``activation`` (PReLU & co:
+#: untouched).
+InitRole = Literal[
     "weight", "bias", "norm_weight", "norm_bias", "embedding", "recurrent", "attention", "free", "activation"
 ]
 
 
-def param_role(module: nn.Module, pname: str, p: Tensor) -> Role:
-    """The role of parameter ``pname`` owned directly by ``module``.
+def param_role(module: nn.Module, pname: str, p: Tensor) -> InitRole:
+    """What init does with parameter ``pname`` owned directly by ``module``.
 
-    Norm weight / bias; activation parameters (PReLU); embeddings; biases (``bias`` in the name); recurrent and
-    attention parameters; *free* parameters (owned by a module with children, e.g. ViT's ``cls_token``, or 1-d
-    non-bias parameters of a leaf, e.g. a layer scale); otherwise a layer weight.
+    The role is :func:`lightning_init.roles.parameter_role`'s; a ``weight`` / ``recurrent`` of an RNN is drawn as
+    ``recurrent`` (input weights per gate block, hidden weights orthogonal), of an ``nn.MultiheadAttention`` as
+    ``attention`` (per q/k/v block); a ``weight`` that is not a layer's (1-d, or owned directly by a module with
+    children) is ``free``; an activation's parameters (PReLU) are ``activation``: untouched.
     """
-    if is_norm(module):
-        return "norm_bias" if "bias" in pname else "norm_weight"
     if nonlinearity_of(module) is not None:
         return "activation"
-    if isinstance(module, (nn.Embedding, nn.EmbeddingBag)) and pname == "weight":
-        return "embedding"
-    if "bias" in pname:
-        return "bias"
+    role = parameter_role(module, pname)
+    if role not in ("weight", "recurrent"):
+        return role
     if isinstance(module, (nn.RNNBase, nn.RNNCellBase)):
         return "recurrent"
     if isinstance(module, nn.MultiheadAttention):
@@ -770,7 +772,7 @@ def _plan_param(
     pn: str,
     p: Tensor,
     qn: str,
-    role: Role,
+    role: InitRole,
     sch: str,
     prm: dict[str, Any],
     b: float,

@@ -37,8 +37,6 @@ CAUGHT_BY = {
 
 #: Healthy runs with an open finding, each with its reason: (model, init) -> reason. Strict: a fix flips them.
 AUTO_XFAIL: dict[tuple[str, str], str] = {
-    ("bert", "auto"): "auto (issue 12): BERT's loss does not fall within 20 steps under auto (1.383 -> 1.409, "
-    "chance ln 4 = 1.386; it falls under HF's own init); every health count is 0",
     ("mobilenet_v3", "None"): "open: RMSprop(lr=0.02, momentum=0.9) grows the N(0, 0.01) classifier 22x in 30 steps, "
     "0.1-0.33 of its scale per step for 20 steps (update_ratio); silent at lr 0.01",
 }

@@ -16,9 +16,11 @@ from torch.utils.hooks import RemovableHandle
 
 from lightning_init.activations import BOUNDED, nonlinearity_of
 from lightning_init.callbacks._compat import compiled_by_lightning, optimized_module_type
+from lightning_init.reduce import UnitMeans
 from lightning_init.stats import (
     HISTOGRAM_BINS,
     activation_row,
+    activation_row_and_unit_means,
     first_float_tensor,
     headroom_format,
     headroom_row,
@@ -107,6 +109,11 @@ class ActivationRecorder:
     A module called several times (shared module, several micro-batches) is reported over all its calls. Rows are
     kept in the order modules first ran (forward execution order, input -> output).
 
+    For the signal std of the whole step, the unit means of each call position (the ``k``-th call of a module in a
+    micro-batch) are merged over the micro-batches as they come (:class:`lightning_init.reduce.UnitMeans`, on the
+    device; :meth:`next_batch` starts a micro-batch); a module whose call position changes shape between
+    micro-batches is ``mixed`` (its signal std stays pooled per call).
+
     ``enabled`` can be set to ``False`` to ignore calls (e.g. during a validation run in the middle of a step).
     """
 
@@ -121,11 +128,19 @@ class ActivationRecorder:
         #: Module name -> per-call :func:`lightning_init.stats.headroom_row` of outputs in a 16-bit format.
         self.headroom: dict[str, list[Tensor]] = {}
         self._precision: str | None = None
+        #: Module name -> per call position moments merged over the micro-batches; ``mixed``: shapes changed.
+        self.unit_means: dict[str, list[UnitMeans]] = {}
+        self.mixed: set[str] = set()
+        self._calls: dict[str, int] = {}
 
     @property
     def active(self) -> bool:
         """Whether hooks are registered."""
         return len(self.hooks) > 0
+
+    def next_batch(self) -> None:
+        """The next micro-batch of the step begins: call positions count from the first again."""
+        self._calls = {}
 
     def start(
         self, modules: Iterable[tuple[str, nn.Module]], *, histograms: bool = False, precision: str | None = None
@@ -136,6 +151,7 @@ class ActivationRecorder:
         (:func:`lightning_init.stats.headroom_format`), also get a headroom row per call.
         """
         self.stop()
+        self._calls = {}
         self._histograms = histograms
         self._precision = precision
         self.enabled = True
@@ -152,8 +168,10 @@ class ActivationRecorder:
             out = first_float_tensor(output)
             if out is None:
                 return
-            self.rows.setdefault(name, []).append(activation_row(out, bounds))
+            row, unit_means = activation_row_and_unit_means(out, bounds)
+            self.rows.setdefault(name, []).append(row)
             self.numels.setdefault(name, []).append(out.numel())
+            self._add_unit_means(name, out, unit_means, row)
             fmt = headroom_format(out.dtype, self._precision)
             if fmt is not None:
                 self.headroom.setdefault(name, []).append(headroom_row(out, fmt))
@@ -161,6 +179,22 @@ class ActivationRecorder:
                 self.histograms[name] = histogram_columns([out], HISTOGRAM_BINS)
 
         return hook
+
+    def _add_unit_means(self, name: str, out: Tensor, unit_means: Tensor, row: Tensor) -> None:
+        k = self._calls.get(name, 0)
+        self._calls[name] = k + 1
+        if name in self.mixed:
+            return
+        if out.numel() == 0:
+            self.mixed.add(name)
+            return
+        shape = tuple(out.shape[1:]) if out.ndim else ()
+        call = UnitMeans.of_call(out.shape[0] if out.ndim else 1, shape, unit_means, row)
+        states = self.unit_means.setdefault(name, [])
+        if k == len(states):
+            states.append(call)
+        elif not states[k].add(call):
+            self.mixed.add(name)
 
     def stop(self) -> None:
         """Remove the hooks (records stay until :meth:`clear`)."""
@@ -174,6 +208,9 @@ class ActivationRecorder:
         self.histograms = {}
         self.bounded = {}
         self.headroom = {}
+        self.unit_means = {}
+        self.mixed = set()
+        self._calls = {}
 
 
 class OutputGradRecorder:

@@ -22,9 +22,11 @@ column        reduction
 ``saturated`` sum (count of outputs near the bounds of tanh/sigmoid)
 ``nonfinite`` sum (count of NaN/Inf outputs)
 ``order``     min (position of the module's first call: forward execution order)
-``signal_norm`` ``sqrt`` of the pooled within-unit sum of squares (each call's, and each process's,
-              deviations of every unit from its own mean across the samples: the signal std's
-              numerator, pooled over calls)
+``signal_norm`` ``sqrt`` of the within-unit sum of squares (deviations of every unit from its own mean
+              across the samples: the signal std's numerator); the monitor replaces it by each
+              call position's over all micro-batches (:class:`UnitMeans`), and adds the
+              between-process spread of the unit means (:func:`merge_signal`): exact for the
+              global batch where every process ran the module with the same layout
 ``signal_dof``  sum (its degrees of freedom)
 ============  =====================================================================
 
@@ -34,7 +36,7 @@ Never imports Lightning.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -287,3 +289,199 @@ def merge_column_extremes(
     out = out.scatter_reduce(0, segments, torch.nan_to_num(dev, nan=math.inf), "amax", include_self=True)
     has_nan = torch.zeros_like(out).index_add_(0, segments, dev.isnan().to(dev.dtype)) > 0
     return torch.where(has_nan, torch.full_like(out, math.nan), out)
+
+
+# ------------------------------------------------------------------------------------------ the signal std, exactly
+
+#: Columns of the per-module signal layout table exchanged with the moment table (same collective), and the check
+#: each must pass for the module's signal std to be merged exactly across processes:
+#:
+#: ==============  =================================================================================
+#: column          meaning (exact merge: every process ran the module with the same values of ...)
+#: ==============  =================================================================================
+#: ``samples``     samples per call position (0: ran with different counts, or not at all)
+#: ``units``       units (elements of one sample) over the call positions: the vector's length
+#: ``calls``       call positions per (micro-)batch
+#: ``shape_key``   a hash of the per-sample shapes of the call positions
+#: ``offset``      where the unit means start in this process's vector (-1: did not fit)
+#: ==============  =================================================================================
+SIGNAL_LAYOUT: tuple[str, ...] = ("samples", "units", "calls", "shape_key", "offset")
+_L = len(SIGNAL_LAYOUT)
+
+#: Vector capacity (floats) of the unit means in the first logging step's collective; later steps use at least what
+#: every process needed (the largest of them, rounded up to a power of two), agreed from the gathered layouts.
+SIGNAL_CAPACITY = 1 << 18
+
+_HASH_PRIME = 2_147_483_647  # keeps the shape hash an exact integer in float64 (< 2**53)
+
+
+class UnitMeans:
+    """Per-unit moments of one call position of a module, merged exactly over its calls (micro-batches).
+
+    ``samples`` samples of a per-sample ``shape``; ``mean`` the ``[units]`` unit means; ``ss`` the within-unit sum of
+    squares ``sum_n sum_u (x[n, u] - mean[u])^2`` (the signal std's numerator). Merging two groups of samples is
+    Chan et al.'s parallel formula per unit: ``ss = ss_a + ss_b + n_a n_b / (n_a + n_b) ||mean_a - mean_b||^2``.
+    Everything stays on the device (float64; float32 on MPS); no host transfer.
+    """
+
+    __slots__ = ("mean", "samples", "shape", "ss")
+
+    def __init__(self, samples: int, shape: tuple[int, ...], mean: Tensor, ss: Tensor) -> None:
+        self.samples = samples
+        self.shape = shape
+        self.mean = mean
+        self.ss = ss
+
+    @classmethod
+    def of_call(cls, samples: int, shape: tuple[int, ...], unit_means: Tensor, row: Tensor) -> UnitMeans:
+        """One call's moments from its :func:`~lightning_init.stats.activation_row_and_unit_means` (``row``)."""
+        dtype = _accum_dtype(unit_means.device)
+        signal, dof = row[6].to(dtype), row[7].to(dtype)
+        ss = torch.where(dof > 0, signal.square() * dof, torch.zeros_like(dof))  # NaN signal of a 1-sample call
+        return cls(samples, shape, unit_means.to(dtype), ss)
+
+    def add(self, other: UnitMeans) -> bool:
+        """Merge ``other`` (the same call position of a later micro-batch) in; ``False`` if its shape differs."""
+        if other.shape != self.shape:
+            return False
+        total = self.samples + other.samples
+        delta = other.mean - self.mean
+        self.ss = self.ss + other.ss + delta.square().sum() * (self.samples * other.samples / total)
+        self.mean = self.mean + delta * (other.samples / total)
+        self.samples = total
+        return True
+
+    @property
+    def units(self) -> int:
+        """Elements of one sample."""
+        return self.mean.numel()
+
+
+def _shape_key(states: Sequence[UnitMeans]) -> float:
+    key = 0
+    for state in states:
+        for dim in (len(state.shape), *state.shape):
+            key = (key * 1_000_003 + dim + 1) % _HASH_PRIME
+    return float(key)
+
+
+def local_signal(
+    names: Sequence[str],
+    unit_means: Mapping[str, Sequence[UnitMeans]],
+    mixed: Collection[str],
+    *,
+    capacity: int,
+    device: torch.device,
+) -> tuple[Tensor, Tensor, Tensor | None, list[tuple[int, int, int]]]:
+    """This process's signal std of each module over all its calls, and what the exact cross-process merge needs.
+
+    Args:
+        names: every watched module, the same list on every process (the tables' row order).
+        unit_means: module name -> one :class:`UnitMeans` per call position (merged over micro-batches).
+        mixed: modules whose call positions changed shape between micro-batches (their signal std stays pooled
+            per call: the signal columns of :func:`local_moments`).
+        capacity: length of the unit-mean vector (0: single process, no vector).
+        device: where the tables live.
+
+    Returns:
+        ``signal``: ``[len(names), 3]`` ``signal_norm``, ``signal_dof`` (the columns of :data:`MOMENT_COLUMNS`) over
+        all samples of each call position and ``known`` (0, with NaN columns, where not run or ``mixed``);
+        ``layout``: ``[len(names), len(SIGNAL_LAYOUT)]``; ``vector``: ``[capacity]`` the unit means of the modules
+        that fit, at their offsets (``None`` for ``capacity=0``); ``segments``: ``(row, offset, length)`` of each
+        module in ``vector``.
+    """
+    dtype = _accum_dtype(device)
+    m = len(names)
+    signal = torch.full((m, 3), math.nan, dtype=dtype, device=device)
+    signal[:, 2] = 0.0
+    layout = [[0.0, 0.0, 0.0, 0.0, -1.0] for _ in range(m)]
+    segments: list[tuple[int, int, int]] = []
+    means: list[Tensor] = []
+    rows: list[int] = []
+    sums: list[Tensor] = []
+    dofs: list[float] = []
+    offset = 0
+    for i, name in enumerate(names):
+        states = unit_means.get(name)
+        if not states or name in mixed:
+            continue
+        rows.append(i)
+        sums.append(torch.stack([s.ss for s in states]).sum())
+        dofs.append(float(sum(s.units * (s.samples - 1) for s in states)))
+        units = sum(s.units for s in states)
+        samples = states[0].samples if all(s.samples == states[0].samples for s in states) else 0
+        at = offset if samples and units <= capacity - offset else -1
+        layout[i] = [float(samples), float(units), float(len(states)), _shape_key(states), float(at)]
+        if at >= 0:
+            means += [s.mean for s in states]
+            segments.append((i, at, units))
+            offset += units
+    if rows:
+        index = torch.tensor(rows, device=device)
+        known = torch.ones(len(rows), dtype=dtype, device=device)
+        dof = torch.tensor(dofs, dtype=dtype, device=device)
+        signal[index] = torch.stack([torch.stack(sums).sqrt(), dof, known], dim=1)
+    vector = torch.cat([*means, torch.zeros(capacity - offset, dtype=dtype, device=device)]) if capacity else None
+    return signal, torch.tensor(layout, dtype=dtype, device=device).reshape(m, _L), vector, segments
+
+
+def merge_signal(layout: Tensor, vectors: Tensor, segments: Sequence[tuple[int, int, int]]) -> Tensor:
+    """The between-process part of each module's signal std, from the gathered layouts and unit-mean vectors.
+
+    ``layout`` is ``[processes, modules, len(SIGNAL_LAYOUT)]``, ``vectors`` ``[processes, capacity]``, ``segments``
+    this process's own (:func:`local_signal`). Returns ``[modules, 2]`` on the device: ``between``, the sum over
+    units of ``sum_p n_p (mean_pu - mean_u)^2`` (``mean_u`` the unit's mean over every process's samples), and
+    ``exact``, 1 where every process ran the module with the same layout (:data:`SIGNAL_LAYOUT`) and its unit
+    means fit, so that ``sum_p ss_p + between`` over ``sum_p dof_p + (processes - 1) units`` is the signal std of
+    the global batch (:func:`exact_signal_std`); 0 elsewhere (the signal std stays pooled per process). Every
+    process gets the same values from the same gathered tensors.
+    """
+    m = layout.shape[1]
+    samples, units, calls, key, offset = layout.unbind(-1)
+    same = (units == units[:1]).all(0) & (calls == calls[:1]).all(0) & (key == key[:1]).all(0)
+    exact = same & (samples > 0).all(0) & (offset >= 0).all(0)
+    between = torch.zeros(m, dtype=vectors.dtype, device=vectors.device)
+    own = [(i, at, length) for i, at, length in segments if length > 0]
+    if own:
+        dev = vectors.device
+        rows = torch.tensor([i for i, _, _ in own], device=dev)
+        lengths = torch.tensor([length for *_, length in own], device=dev)
+        seg = torch.repeat_interleave(torch.arange(len(own), device=dev), lengths)  # [L] segment of each position
+        starts = torch.cumsum(lengths, 0) - lengths
+        pos = torch.arange(int(lengths.sum()), device=dev) - starts[seg]  # position within the segment
+        at = offset[:, rows].clamp_min(0)  # [processes, segments]: each process's own offsets
+        index = (at[:, seg] + pos).long().clamp(0, vectors.shape[1] - 1)
+        values = vectors.gather(1, index)  # [processes, L]
+        n = samples[:, rows][:, seg]  # [processes, L]
+        mean = (n * values).sum(0) / n.sum(0).clamp_min(1.0)
+        spread = (n * (values - mean).square()).sum(0)
+        between = between.index_add_(0, rows[seg], spread)
+    return torch.stack([between, exact.to(between.dtype)], dim=1)
+
+
+def exact_signal_std(parts: Sequence[Sequence[float]], between: float, units: float) -> float:
+    """The global batch's signal std of one module from its gathered moment rows and :func:`merge_signal`'s part.
+
+    ``parts[p]`` is process ``p``'s :data:`MOMENT_COLUMNS` row; the pooled within-process sums of squares and
+    degrees of freedom get the between-process spread of the unit means and ``processes - 1`` more degrees of freedom
+    per unit.
+    """
+    ss = sum(row[8] * row[8] for row in parts)
+    dof = sum(row[9] for row in parts) + (len(parts) - 1) * units
+    return math.sqrt((ss + between) / dof) if dof > 0 else math.nan
+
+
+def signal_capacity(current: int, layout: Sequence[float], processes: int, modules: int) -> int:
+    """The unit-mean capacity of the next collective: at least ``current`` and what every process needed.
+
+    ``layout`` is the gathered ``[processes, modules, len(SIGNAL_LAYOUT)]`` table, flattened; every process computes
+    the same capacity from it (the collective's size must agree).
+    """
+    need = 0
+    for p in range(processes):
+        rows = [layout[(p * modules + i) * _L : (p * modules + i + 1) * _L] for i in range(modules)]
+        need = max(need, int(sum(r[1] for r in rows if r[0] > 0)))
+    capacity = current
+    while capacity < need:
+        capacity *= 2
+    return capacity

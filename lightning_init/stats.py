@@ -349,6 +349,18 @@ def first_float_tensor(output: Any) -> Tensor | None:
 def activation_row(output: Tensor, bounds: tuple[float, float] | None = None) -> Tensor:
     """Small reductions of one module output, a float32 tensor with the columns :data:`ACTIVATION_ROW`.
 
+    The row of :func:`activation_row_and_unit_means` (which documents the columns), without the unit means.
+    """
+    return activation_row_and_unit_means(output, bounds)[0]
+
+
+def activation_row_and_unit_means(output: Tensor, bounds: tuple[float, float] | None = None) -> tuple[Tensor, Tensor]:
+    """:func:`activation_row` of one module output and the mean of each unit across the samples.
+
+    The unit means (``[units]``, float32 or float64 as the reduction, NaN where a unit holds NaN/Inf) are the
+    intermediate of the signal std, returned so that calls (micro-batches) and processes can be merged into the
+    signal std of their union exactly (:class:`lightning_init.reduce.UnitMeans`); empty for an empty output.
+
     Reduced in float32 (half-precision outputs are upcast), over all elements. ``saturated`` counts outputs within
     :data:`SATURATION_MARGIN` of ``bounds`` (0 when ``bounds`` is None). The output itself is not kept.
 
@@ -369,7 +381,8 @@ def activation_row(output: Tensor, bounds: tuple[float, float] | None = None) ->
         x = x.float()
     n = x.numel()
     if n == 0:
-        return torch.tensor([math.nan, math.nan, 0.0, 0.0, 0.0, 0.0, math.nan, 0.0], device=x.device)
+        empty = torch.tensor([math.nan, math.nan, 0.0, 0.0, 0.0, 0.0, math.nan, 0.0], device=x.device)
+        return empty, x.new_zeros(0)
     lo, hi = torch.aminmax(x)
     amax = torch.maximum(hi, lo.neg())  # NaN if any NaN, inf if any Inf
     scale = torch.where(torch.isfinite(amax) & (amax > 0), amax, 1.0)
@@ -392,7 +405,7 @@ def activation_row(output: Tensor, bounds: tuple[float, float] | None = None) ->
     else:
         low, high = bounds
         saturated = ((x < low + SATURATION_MARGIN) | (x > high - SATURATION_MARGIN)).sum()
-    return torch.stack(
+    row = torch.stack(
         [
             (mean_y * scale).float(),
             (std_y * scale).float(),
@@ -404,6 +417,7 @@ def activation_row(output: Tensor, bounds: tuple[float, float] | None = None) ->
             torch.full((), float(signal_dof), device=x.device),
         ]
     )
+    return row, unit_mean.mul_(scale)
 
 
 # ------------------------------------------------------------------------------------------ backprop signal

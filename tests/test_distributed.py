@@ -71,6 +71,9 @@ class Reference(pl.Callback):
             "zero_fraction/net.1": (h1 == 0).double().mean().item(),
             "saturation/net.3": (h3.abs() > 0.99).double().mean().item(),
             "std/net.3": h3.std().item(),
+            # each unit's std across the 24 samples of the global batch (3 micro-batches x 2 ranks), pooled
+            "signal_std/net.0": h0.var(dim=0).mean().sqrt().item(),
+            "signal_std/net.3": h3.var(dim=0).mean().sqrt().item(),
         }}
         g = net[0].weight.grad.norm().reshape(1)
         both = [torch.empty_like(g) for _ in range(dist.get_world_size())]

@@ -5,8 +5,19 @@ import math
 import pytest
 import torch
 
-from lightning_init.reduce import MOMENT_COLUMNS, local_moments, merge_moments, moment_order
-from lightning_init.stats import activation_row
+from lightning_init.reduce import (
+    MOMENT_COLUMNS,
+    SIGNAL_LAYOUT,
+    UnitMeans,
+    exact_signal_std,
+    local_moments,
+    local_signal,
+    merge_moments,
+    merge_signal,
+    moment_order,
+    signal_capacity,
+)
+from lightning_init.stats import activation_row, activation_row_and_unit_means
 
 
 def _record(chunks, bounds=None):
@@ -111,3 +122,77 @@ def test_signal_std_pools_the_within_unit_variance_of_calls_and_processes():
     assert got["signal_std"] == pytest.approx(1.0, rel=0.3)
     assert got["std"] > 5 * got["signal_std"]  # the offsets dominate the plain std
     assert len(local[0]) == len(MOMENT_COLUMNS)
+
+
+def _process(chunks_by_module, capacity):
+    """One process: its recorder's micro-batches (``{module: [chunk per micro-batch]}``) -> moments, layout, vector."""
+    names = sorted(chunks_by_module)
+    rows: dict = {}
+    numels: dict = {}
+    states: dict = {}
+    for name, chunks in chunks_by_module.items():
+        for c in chunks:
+            row, means = activation_row_and_unit_means(c)
+            rows.setdefault(name, []).append(row)
+            numels.setdefault(name, []).append(c.numel())
+            call = UnitMeans.of_call(c.shape[0], tuple(c.shape[1:]), means, row)
+            if name in states:
+                assert states[name][0].add(call)
+            else:
+                states[name] = [call]
+    moments = local_moments(names, rows, numels)
+    signal, layout, vector, segments = local_signal(names, states, set(), capacity=capacity, device=moments.device)
+    moments[:, 8:10] = torch.where(signal[:, 2:] > 0, signal[:, :2], moments[:, 8:10])
+    return moments, layout, vector, segments
+
+
+def _signal_reference(x: torch.Tensor) -> float:
+    """Each unit's variance across all samples of the global batch, pooled over units (an independent path)."""
+    return x.double().flatten(1).var(dim=0).mean().sqrt().item()
+
+
+@pytest.mark.parametrize("processes", [1, 2, 3])
+def test_signal_std_is_exact_over_micro_batches_and_processes(processes):
+    g = torch.Generator().manual_seed(7)
+    # per process different micro-batch sizes and shifted unit means: the between-call and between-process spread of
+    # the unit means is signal of the global batch, and it is large here
+    sizes = [(3, 5), (1, 6), (4, 2)][:processes]
+    offsets = torch.randn(1, 3, 4, generator=g) * 5
+    data = [
+        [offsets + torch.randn(n, 3, 4, generator=g) + 2.0 * (p + k) for k, n in enumerate(s)]
+        for p, s in enumerate(sizes)
+    ]
+    locals_ = [_process({"m": chunks, "unused": []}, capacity=64) for chunks in data]
+    moments = torch.stack([m for m, *_ in locals_])
+    layouts = torch.stack([layout for _, layout, _, _ in locals_])
+    vectors = torch.stack([v for *_, v, _ in locals_])
+    merged = merge_signal(layouts, vectors, locals_[0][3]).tolist()
+    parts = [moments[p, 0].tolist() for p in range(processes)]
+    assert merged[0][1] == 1.0
+    assert merged[1][1] == 0.0
+    got = exact_signal_std(parts, merged[0][0], 12)
+    want = _signal_reference(torch.cat([c for chunks in data for c in chunks]))
+    assert got == pytest.approx(want, rel=1e-6)  # float32 outputs
+    pooled = merge_moments(parts, bounded=False)["signal_std"]  # each process exact over its micro-batches alone
+    if processes == 1:
+        assert pooled == pytest.approx(want, rel=1e-6)  # float32 outputs
+    else:
+        assert pooled < 0.9 * want  # the between-process spread is missing there
+
+
+def test_signal_is_merged_exactly_only_where_every_process_has_the_same_layout():
+    g = torch.Generator().manual_seed(8)
+    a = {"m": [torch.randn(4, 6, generator=g)], "n": [torch.randn(4, 3, generator=g)]}
+    b = {"m": [torch.randn(4, 2, 3, generator=g)], "n": [torch.randn(5, 3, generator=g)]}  # m: another shape
+    (ma, la, va, sa), (_, lb, vb, _) = _process(a, capacity=16), _process(b, capacity=16)
+    merged = merge_signal(torch.stack([la, lb]), torch.stack([va, vb]), sa).tolist()
+    assert [row[1] for row in merged] == [0.0, 1.0]  # m: different per-sample shapes; n: exact
+    # a module that does not fit the capacity is not exact on any process, and the next capacity covers every need
+    (_, lc, vc, sc), (_, ld, vd, _) = _process(a, capacity=8), _process(a, capacity=8)
+    merged = merge_signal(torch.stack([lc, ld]), torch.stack([vc, vd]), sc).tolist()
+    assert [row[1] for row in merged] == [1.0, 0.0]  # m (6 units) fits, n (3 more) does not
+    layout = torch.stack([lc, ld]).flatten().tolist()
+    assert signal_capacity(8, layout, 2, 2) == 16
+    assert signal_capacity(32, layout, 2, 2) == 32
+    assert ma.shape[1] == len(MOMENT_COLUMNS)
+    assert la.shape[1] == len(SIGNAL_LAYOUT)

@@ -577,3 +577,20 @@ def test_restored_state_is_a_resume(tmp_path, caplog):
     assert "resuming from restored callback state" in caplog.text
     for key, value in before.items():
         assert torch.equal(first.weights[key], value), key
+
+
+def test_console_line_summarizes_the_report_in_one_line():
+    from lightning_init.callbacks.weight_init import _summary
+    from lightning_init.init import InitReport, LayerInit
+
+    rows = [
+        LayerInit("a.weight", (128, 128), "auto: kaiming_normal (relu)", 128, 128, math.sqrt(2), 0.125, 0.12875),
+        LayerInit("b.weight", (128, 128), "auto: kaiming_normal (relu)", 128, 128, math.sqrt(2), 0.125, 0.125),
+        LayerInit("c.weight", (10, 128), "auto: xavier_normal (linear)", 128, 10, 1.0, 0.12, 0.3),  # small: unchecked
+    ]
+    line = _summary(InitReport(rows=rows, symmetric=["c"]))
+    assert "\n" not in line
+    assert line.startswith("3 tensors (auto: kaiming_normal (relu) x2, auto: xavier_normal (linear) x1), biases 0")
+    assert "measured std within 3.0 % of the formula on 2 of them" in line  # |0.12875 / 0.125 - 1| = 3 %
+    assert "SYMMETRIC: c" in line
+    assert "weight_init/report" in line

@@ -38,7 +38,16 @@ from lightning_init.health import (
 )
 from lightning_init.health.context import activation_context
 from lightning_init.hooks import ActivationRecorder, compiled_regions
-from lightning_init.reduce import local_moments, merge_moments, moment_order
+from lightning_init.reduce import (
+    SIGNAL_CAPACITY,
+    exact_signal_std,
+    local_moments,
+    local_signal,
+    merge_moments,
+    merge_signal,
+    moment_order,
+    signal_capacity,
+)
 from lightning_init.stats import (
     ACTIVATION_STATS,
     DEFAULT_ACTIVATION_STATS,
@@ -206,6 +215,8 @@ class ActivationMonitor(_LayerMonitor):
         self._warned_compiled = False
         #: Module name -> nonlinearity name (None for parameterized layers) of the modules of the last table.
         self.nonlinearities: dict[str, str | None] = {}
+        #: Floats of unit means in the collective (the same on every process: agreed from the gathered layouts).
+        self._signal_capacity = SIGNAL_CAPACITY
 
     _watches = "modules"
 
@@ -255,6 +266,7 @@ class ActivationMonitor(_LayerMonitor):
         k = trainer.global_step
         if self._recording is not None:
             if self._recording == k:  # next micro-batch of the step being recorded
+                self._recorder.next_batch()
                 return
             self._finish(trainer, pl_module)  # the step ended without our noticing (should not happen)
         index = self._step_index(trainer)
@@ -303,15 +315,30 @@ class ActivationMonitor(_LayerMonitor):
             rec.clear()
             return
         moments = local_moments(names, rec.rows, rec.numels, device=pl_module.device)
+        # the signal std over every sample of the step's micro-batches (exact where each call position kept its shape)
+        capacity = self._signal_capacity if distributed else 0
+        signal, layout, vector, segments = local_signal(
+            names, rec.unit_means, rec.mixed, capacity=capacity, device=moments.device
+        )
+        moments[:, 8:10] = torch.where(signal[:, 2:] > 0, signal[:, :2], moments[:, 8:10])
         # the step's loss (for the output_scale rule) travels as one more row of the same collective
         loss_row = torch.full_like(moments[:1], math.nan)
         if loss is not None:
             loss_row[0, 0] = loss.detach().reshape(()).to(loss_row)
         moments = torch.cat([moments, loss_row])
-        # [processes, modules + 1, columns]: the logging step's one collective, or this process alone
-        moments = _all_gather(trainer, moments) if distributed else moments[None]
+        cols: dict[str, Any] = {}
+        if distributed and vector is not None:
+            # the logging step's one collective: the moment table, the signal layout and the unit means
+            a, b = moments.numel(), layout.numel()
+            gathered = _all_gather(trainer, torch.cat([moments.reshape(-1), layout.reshape(-1), vector]))
+            layouts = gathered[:, a : a + b].reshape(-1, *layout.shape)
+            cols["signal"] = merge_signal(layouts, gathered[:, a + b :], segments)
+            cols["layout"] = layouts
+            moments = gathered[:, :a].reshape(-1, *moments.shape)  # [processes, modules + 1, columns]
+        else:
+            moments = moments[None]  # this process alone
         hist_names = [n for n in rec.rows if n in rec.histograms] if self._recording_histograms else []
-        cols: dict[str, Any] = {"moments": moments}
+        cols["moments"] = moments
         for i, n in enumerate(hist_names):
             cols[f"c{i}"] = rec.histograms[n]["counts"]
             cols[f"m{i}"] = rec.histograms[n]["meta"]
@@ -332,8 +359,15 @@ class ActivationMonitor(_LayerMonitor):
         modules = dict(pl_module.named_modules())
         table: Table = {}
         self.nonlinearities = {}
+        between, units = host.get("signal", []), {i: length for i, _, length in segments}
+        if "layout" in host:
+            self._signal_capacity = signal_capacity(self._signal_capacity, host["layout"], processes, len(names))
         for n in moment_order(names, parts):
-            full = merge_moments([rows[index[n]] for rows in parts], bounded=rec.bounded.get(n, False))
+            own = [rows[index[n]] for rows in parts]
+            full = merge_moments(own, bounded=rec.bounded.get(n, False))
+            i = index[n]
+            if between and between[2 * i + 1] > 0 and i in units:  # every process: the same layout, exact
+                full["signal_std"] = exact_signal_std(own, between[2 * i], units[i])
             table[n] = {s: full[s] for s in self._table_stats if s in full}
             self.nonlinearities[n] = nonlinearity_of(modules[n]) if n in modules else None
         for i, n in enumerate(headroom_names):  # this process's outputs

@@ -6,6 +6,7 @@ The math lives in :mod:`lightning_init.init` / :mod:`lightning_init.schemes`; th
 from __future__ import annotations
 
 import contextlib
+import math
 import secrets
 import warnings
 import weakref
@@ -69,8 +70,11 @@ class WeightInit(Callback):
       ``lightning_init.init_module(self, ..., seed=...)`` inside ``configure_model`` before ``fully_shard``.
     - **FSDPStrategy (FSDP1) / DeepSpeed:** refused (parameters are flattened shards); use ``ModelParallelStrategy``
       with ``fully_shard``, or ``init_module`` inside ``configure_model``.
-    - **Report:** a per-layer table (layer, shape, scheme, fan_in, fan_out, gain, expected std, actual std) printed
-      once on rank zero and written to TensorBoard's Text tab under ``weight_init/report``.
+    - **Report:** a per-layer table (layer, shape, scheme, fan_in, fan_out, gain, expected std, actual std) written
+      to TensorBoard's Text tab under ``weight_init/report`` (every logger that takes text) and kept as
+      ``callback.report`` (``report.to_text()`` prints it). The console gets one line on rank zero: how many tensors
+      got which scheme, the largest deviation of a measured std from its formula, and the layers left symmetric or
+      unresolved.
     - **Symmetry:** layers whose output units are all identical after init (zeros, constants) get a ``UserWarning``.
     - Torch's global RNG is never used or changed: ``seed`` seeds a private ``torch.Generator``; without it the
       generator is seeded from the OS.
@@ -304,7 +308,7 @@ class WeightInit(Callback):
             if again
             else ""
         )
-        rank_zero_info(f"WeightInit ({self.scheme}){note}:\n{report.to_text()}")
+        rank_zero_info(f"WeightInit ({self.scheme}){note}: {_summary(report)}")
         log_text(trainer, "weight_init/report", report.to_markdown(), trainer.global_step)
 
     @override
@@ -413,3 +417,32 @@ def _broadcast_from_rank_zero(trainer: "pl.Trainer", module: torch.nn.Module) ->
         return
     for tensor in [*module.parameters(), *module.buffers()]:
         torch.distributed.broadcast(tensor.data, src=0)
+
+
+#: Tensors below this many elements are left out of the console line's std check (their sample std is too noisy).
+_STD_CHECK_MIN_NUMEL = 10_000
+
+
+def _summary(report: InitReport) -> str:
+    """The console line for ``report``: tensors per scheme, the worst measured-vs-formula std, what needs a look."""
+    counts: dict[str, int] = {}
+    for row in report.rows:
+        counts[row.scheme] = counts.get(row.scheme, 0) + 1
+    ranked = sorted(counts.items(), key=lambda kv: -kv[1])
+    schemes = ", ".join(f"{name} x{n}" for name, n in ranked[:4]) + (
+        f", {len(ranked) - 4} more" if len(ranked) > 4 else ""
+    )
+    parts = [f"{len(report.rows)} tensors ({schemes}), biases {report.bias:g}"]
+    checked = [
+        abs(r.actual_std / r.expected_std - 1)
+        for r in report.rows
+        if math.prod(r.shape) >= _STD_CHECK_MIN_NUMEL and math.isfinite(r.expected_std) and r.expected_std > 0
+    ]
+    if checked:
+        parts.append(f"measured std within {100 * max(checked):.1f} % of the formula on {len(checked)} of them")
+    if report.symmetric:
+        parts.append(f"SYMMETRIC: {', '.join(report.symmetric)}")
+    if report.unresolved:
+        parts.append(f"auto could not resolve (xavier_normal): {', '.join(report.unresolved)}")
+    parts.append("per-layer table: Text tab `weight_init/report`, or `.report.to_text()`")
+    return "; ".join(parts) + "."

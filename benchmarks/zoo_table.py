@@ -1,10 +1,10 @@
 """The README's zoo table: health findings on every zoo model under its own init and under WeightInit("auto"),
 and the rule that catches each broken variant.
 
-Run from the repository root: ``python benchmarks/zoo_table.py`` (about a minute on one CPU thread). Every run trains
-20 steps with the three monitors at every step and default thresholds; the counts are the layers flagged per rule
-over the run, read back from the findings the monitors reported (cross-checked against the ``health/*`` event
-counts by the zoo harness).
+Run from the repository root: ``python benchmarks/zoo_table.py`` (a few minutes on one CPU thread). Every run trains
+its entry's steps (20 unless the registry says more) with the three monitors at every step and default thresholds;
+the counts are the layers flagged per rule over the run, read back from the findings the monitors reported
+(cross-checked against the ``health/*`` event counts by the zoo harness).
 """
 
 from __future__ import annotations
@@ -39,9 +39,11 @@ def _first(run, rule: str) -> str:
 
 def measure(names_healthy: list[str], names_broken: list[str]) -> list[str]:
     """The Markdown table rows."""
+    longer = ", ".join(f"{n} {ZOO[n].steps}" for n in names_healthy if ZOO[n].steps != 20)
     lines = [
-        f"Measured {datetime.date(2026, 12, 1).isoformat()} by `python benchmarks/zoo_table.py` (20 steps, the three "
-        "monitors at every step, default thresholds; layers flagged per rule over the run).",
+        f"Measured {datetime.date(2026, 12, 2).isoformat()} by `python benchmarks/zoo_table.py` (20 steps"
+        f"{f' ({longer})' if longer else ''}, the three monitors at every step, default thresholds; layers flagged per "
+        "rule over the run).",
         "",
         "| model | own init: findings | `auto`: findings | broken variant | caught by |",
         "|---|---|---|---|---|",

@@ -65,9 +65,9 @@ from lightning_init.health import (
     merge_findings,
     profile_of,
 )
-from lightning_init.health.context import parameter_context
+from lightning_init.health.context import flow_order, in_flow_order, parameter_context
 from lightning_init.health.rules import Context
-from lightning_init.hooks import original_name
+from lightning_init.hooks import compiled_regions, original_name
 from lightning_init.sharded import check_supported, is_sharded, local_tensor, sharded_columns
 from lightning_init.stats import (
     HEADROOM_STATS,
@@ -318,6 +318,7 @@ class _LayerMonitor(Callback):
     def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
         if stage != "fit":
             return
+        _FLOW_ORDERS.pop(trainer, None)  # a new fit: the model may have changed
         sharded = sharded_strategy(trainer.strategy, model_parallel=False)
         if sharded is not None and self.kind != "activation":
             raise RuntimeError(
@@ -447,6 +448,9 @@ class _LayerMonitor(Callback):
         are logged with the table's scalars; ``judge=False`` logs without applying the health rules (a step the
         GradScaler skipped).
         """
+        order = _flow_order(trainer, pl_module)
+        if order:  # the depth axis of the profiles and figures: data flow, not registration order
+            table = {name: table[name] for name in in_flow_order(list(table), order)}
         metrics = {
             f"{self.kind}_{stat}/{self._row_tag(name)}": value
             for stat in self.stats
@@ -606,6 +610,34 @@ _HEALTH_TOTALS: weakref.WeakKeyDictionary[Any, _HealthTotal] = weakref.WeakKeyDi
 
 def _health_total(trainer: "pl.Trainer") -> _HealthTotal:
     return _HEALTH_TOTALS.setdefault(trainer, _HealthTotal())
+
+
+#: Trainer -> (id of the LightningModule, its modules in data-flow order): built once per fit, shared by the monitors.
+_FLOW_ORDERS: weakref.WeakKeyDictionary[pl.Trainer, tuple[int, list[str]]] = weakref.WeakKeyDictionary()
+
+
+def _flow_order(trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> list[str]:
+    """``pl_module``'s modules in data-flow order (:func:`lightning_init.health.context.flow_order`), ``[]`` if none.
+
+    From one side-effect-free forward of ``example_input_array`` when the module has one, else ``torch.fx``; not
+    under a sharding strategy (FSDP, DeepSpeed, ModelParallel: a forward would all-gather, a collective outside the
+    logging step's one) or for compiled modules (the forward would compile), where the tables keep registration /
+    execution order.
+    """
+    cached = _FLOW_ORDERS.get(trainer)
+    if cached is not None and cached[0] == id(pl_module):
+        return cached[1]
+    order: list[str] = []
+    sharded = sharded_strategy(trainer.strategy) is not None or any(is_sharded(p) for p in pl_module.parameters())
+    if not sharded and not compiled_regions(pl_module):
+        example = pl_module.example_input_array
+        if example is not None:
+            from lightning.fabric.utilities.apply_func import move_data_to_device
+
+            example = move_data_to_device(example, pl_module.device)
+        order = flow_order(pl_module, example)
+    _FLOW_ORDERS[trainer] = (id(pl_module), order)
+    return order
 
 
 def _write_health_total(trainer: "pl.Trainer") -> None:

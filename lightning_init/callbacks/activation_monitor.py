@@ -91,8 +91,8 @@ class ActivationMonitor(_LayerMonitor):
 
     Under DDP the statistics describe the global batch: each process merges its calls into per-module moments on the
     device, the processes exchange them in one ``all_gather`` per logging step, and every process merges them the
-    same way (mean and std exactly, max of maxima, sums of counts; :mod:`lightning_init.reduce`). Histograms show
-    rank zero's outputs.
+    same way (mean and std exactly, max of maxima, sums of counts, the signal std from each module's unit means,
+    which travel in the same collective; :mod:`lightning_init.reduce`). Histograms show rank zero's outputs.
 
     Logged metrics at the step of the batch (``{module}`` is the qualified module name, e.g. ``net.3``):
 

@@ -5,21 +5,72 @@
   norm (the floor of the scale ``update_ratio`` is judged against);
 - :func:`activation_context`: which watched modules are norms, which outputs the next module renormalizes (a conv
   whose output runs straight into its BatchNorm), which module is the model's output (logits) and how many classes
-  it has, and the step's loss.
+  it has, and the step's loss;
+- :func:`flow_order` / :func:`in_flow_order`: the depth axis of the tables (the rows a depth profile compares, the
+  rows of the figures) in data-flow order (:meth:`lightning_init.graph.DataFlow.order`), not registration order: a
+  ResNet ``downsample`` conv sits at its block's input, where the shortcut takes it, not after ``conv2``.
 """  # noqa: D205
 
 from __future__ import annotations
 
 import itertools
+import warnings
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
+from lightning_init.graph import dataflow_order
 from lightning_init.health.rules import Context
 from lightning_init.roles import Role, is_norm, parameter_roles, unit_norm
 
-__all__ = ["activation_context", "adaptive_warmup", "classes_of", "parameter_context"]
+__all__ = [
+    "activation_context",
+    "adaptive_warmup",
+    "classes_of",
+    "flow_order",
+    "in_flow_order",
+    "parameter_context",
+]
+
+
+def flow_order(model: nn.Module, example_input: Any = None) -> list[str]:
+    """Qualified module names of ``model`` in data-flow order, ``[]`` where no data flow can be built.
+
+    :func:`lightning_init.graph.dataflow_order`: one side-effect-free forward of ``example_input`` (eval mode, no
+    grad, RNG state restored), else ``torch.fx`` symbolic tracing; a forward that raises or a model that does not
+    trace gives ``[]`` (the tables keep their order), never an error.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for x in (example_input, None) if example_input is not None else (None,):
+            try:
+                order = dataflow_order(model, x)
+            except Exception:  # the order is a presentation aid: a forward that fails here must not stop training
+                order = None
+            if order:
+                return order
+    return []
+
+
+def in_flow_order(names: Sequence[str], order: Sequence[str]) -> list[str]:
+    """``names`` (modules, or parameters ``{module}.{name}``) sorted by their module's position in ``order``.
+
+    A name belongs to the longest dotted prefix of it that ``order`` holds (``attn.out_proj.weight`` to an atomic
+    ``attn``); a name with none (a free parameter such as ``cls_token``, the ``total`` row) stays right after the
+    name before it. Names of one module keep their order (stable).
+    """
+    rank = {name: i for i, name in enumerate(order)}
+    keys: list[tuple[float, int]] = []
+    last = -1.0
+    for i, name in enumerate(names):
+        parts = name.split(".")
+        found = next((rank[p] for k in range(len(parts), 0, -1) if (p := ".".join(parts[:k])) in rank), None)
+        if found is not None:
+            last = float(found)
+        keys.append((last, i))
+    return [names[i] for _, i in sorted(keys)]
 
 
 def parameter_context(model: nn.Module, named: Sequence[tuple[str, nn.Parameter]]) -> Context:

@@ -20,6 +20,8 @@ TASK_SEED = 1234
 IMAGE_CLASSES = 10
 IMAGE_SIZE = 16
 IMAGE_CHANNELS = 3
+#: Images per optimizer step.
+IMAGE_BATCH = 32
 VOCAB = 100
 SEQ_LEN = 16
 TOKEN_CLASSES = 4
@@ -46,12 +48,12 @@ def image_tensors(n: int, seed: int, *, noise: float = 1.0) -> tuple[Tensor, Ten
     return x, y
 
 
-def images(seed: int = 0, steps: int = 20, batch_size: int = 32) -> DataLoader:
+def images(seed: int = 0, steps: int = 20, batch_size: int = IMAGE_BATCH) -> DataLoader:
     """Class-prototype images: a CNN/ViT task whose loss falls from ln(10) within a few steps."""
     return _loader(*image_tensors(steps * batch_size, seed), batch_size)
 
 
-def nan_images(seed: int = 0, steps: int = 20, batch_size: int = 32, *, nan_from_step: int = 5) -> DataLoader:
+def nan_images(seed: int = 0, steps: int = 20, batch_size: int = IMAGE_BATCH, *, nan_from_step: int = 5) -> DataLoader:
     """Like :func:`images`, but every input from step ``nan_from_step`` on is NaN (a broken data pipeline)."""
     x, y = image_tensors(steps * batch_size, seed)
     x[nan_from_step * batch_size :] = math.nan

@@ -35,7 +35,8 @@ What each kind of parameter gets:
   steps. Measured and not made the default (``benchmarks/auto_ratio.py``, 3 seeds): Kaiming ``fan_out`` with torch's
   count on every conv into a norm (EfficientNet 11.6 -> 1.16, MobileNet 2.8 -> 1.4, ResNet-18 1.7 -> 0.97) or on
   grouped convs only (EfficientNet 1.59) each made a healthy zoo run fire the ``update_ratio`` health rule (ResNet-18's
-  stem, resp. MobileNet's projections, > 10 % per step with ``auto``'s Glorot classifier head): a conv's step size
+  stem, resp. MobileNet's projections at its former lr 0.02, > 10 % per step with ``auto``'s Glorot classifier
+  head): a conv's step size
   under a norm is a learning-rate matter that ``auto`` cannot settle alone. Give a rule
   (``InitRule(type="Conv2d", ...)``) to follow a recipe's convention.
 - ``auto``, **transformer blocks** (a model whose data flow has a residual branch computing attention: a fused

@@ -83,6 +83,14 @@ LOGIT_CONSUMERS: frozenset[str] = frozenset(
 #: Functions (by name) that add two tensors: where a residual branch meets its shortcut.
 ADD_FUNCTIONS: frozenset[str] = frozenset({"add", "add_", "__add__", "__radd__", "__iadd__"})
 
+#: Fused attention kernels (by name): ``f(query, key, value, ...)``.
+ATTENTION_FUNCTIONS: frozenset[str] = frozenset(
+    {"scaled_dot_product_attention", "_scaled_dot_product_attention", "flash_attn_func", "memory_efficient_attention"}
+)
+
+#: Products (by name) whose result, fed to a softmax, is an attention score ``query @ key^T``.
+SCORE_FUNCTIONS: frozenset[str] = frozenset({"matmul", "__matmul__", "bmm", "baddbmm", "einsum"})
+
 
 @dataclass
 class Node:
@@ -121,6 +129,9 @@ class Residual:
         shortcut_layers: Weight layers on the shortcut (a downsample conv), usually none.
         last_layer: The branch's last weight layer (ResNet ``conv2``, GPT-2 ``attn.c_proj``), or ``None``.
         last_norm: The norm between the last layer and the add (ResNet ``bn2``), or ``None`` (pre-norm transformers).
+        attention: The branch computes attention (a fused attention kernel, a score product fed to a softmax, or an
+            ``nn.MultiheadAttention``).
+        width: The feature size of the added tensors (the residual stream's width), ``None`` when unknown.
     """
 
     add: int
@@ -128,6 +139,8 @@ class Residual:
     shortcut_layers: tuple[str, ...]
     last_layer: str | None
     last_norm: str | None
+    attention: bool = False
+    width: int | None = None
 
 
 @dataclass
@@ -140,12 +153,14 @@ class DataFlow:
         embeddings: Qualified names of the embedding modules (not counted as weight layers of a residual branch).
         logits: Nodes whose output a module returned under a ``logits`` key (a Hugging Face ``ModelOutput``'s
             ``logits``, ``start_logits``...): the API says they are logits, so the layer producing them is a readout.
+        mha: Qualified names of the ``nn.MultiheadAttention`` modules (attention computed inside one node).
     """
 
     nodes: list[Node] = field(default_factory=list)
     kind: Literal["traced", "symbolic"] = "traced"
     embeddings: frozenset[str] = frozenset()
     logits: frozenset[int] = frozenset()
+    mha: frozenset[str] = frozenset()
     _consumers: list[list[int]] | None = field(default=None, repr=False)
 
     def consumers(self, index: int) -> list[int]:
@@ -251,6 +266,31 @@ class DataFlow:
             parts.add(k)
         return parts.pop() if len(parts) == 1 else None
 
+    # ---------------------------------------------------------------------------------------------- attention
+
+    def _score_nodes(self) -> list[int]:
+        """Attention nodes: fused kernels, score products that reach a softmax, ``nn.MultiheadAttention`` calls."""
+        return [node.index for node in self.nodes if self._is_attention(node)]
+
+    def _is_attention(self, node: Node) -> bool:
+        if node.module:
+            return node.role == "layer" and node.target in self.mha
+        if node.target in ATTENTION_FUNCTIONS:
+            return True
+        return node.target in SCORE_FUNCTIONS and self._reaches_softmax(node.index)
+
+    def _reaches_softmax(self, start: int) -> bool:
+        stack, seen = [start], {start}
+        while stack:
+            for c in self.consumers(stack.pop()):
+                node = self.nodes[c]
+                if node.role == "activation" and node.follower == ("softmax", None):
+                    return True
+                if node.role == "transparent" and c not in seen:
+                    seen.add(c)
+                    stack.append(c)
+        return False
+
     # ---------------------------------------------------------------------------------------------- depth / order
 
     def _layer_depths(self) -> list[int]:
@@ -328,6 +368,7 @@ class DataFlow:
         downsample). Operands of different shapes (masks, biases) are not residual.
         """
         anc = self._ancestors()
+        scores = set(self._score_nodes())
         out: list[Residual] = []
         for node in self.nodes:
             if node.role != "transparent" or node.target not in ADD_FUNCTIONS or len(node.inputs) != 2:
@@ -347,7 +388,10 @@ class DataFlow:
                 continue
             branch_in, branch, shortcut = (a, side_a, side_b) if len(side_a) > len(side_b) else (b, side_b, side_a)
             last_layer, last_norm = self._last_on_branch(branch_in)
-            out.append(Residual(node.index, tuple(branch), tuple(shortcut), last_layer, last_norm))
+            side = anc[branch_in] & ~anc[fork]
+            attention = any((side >> i) & 1 for i in scores)
+            width = node.in_shapes[0][-1] if node.in_shapes and node.in_shapes[0] else None
+            out.append(Residual(node.index, tuple(branch), tuple(shortcut), last_layer, last_norm, attention, width))
         return out
 
 
@@ -560,12 +604,17 @@ def trace(root: nn.Module, example_input: Any) -> DataFlow:
         for m, training in modes.items():
             m.training = training
     b.flow.embeddings = _embedding_names(root)
+    b.flow.mha = _mha_names(root)
     b.flow.logits = frozenset(logits)
     return b.flow
 
 
 def _embedding_names(root: nn.Module) -> frozenset[str]:
     return frozenset(n for n, m in root.named_modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag)))
+
+
+def _mha_names(root: nn.Module) -> frozenset[str]:
+    return frozenset(n for n, m in root.named_modules() if isinstance(m, nn.MultiheadAttention))
 
 
 def _has_tensor(obj: Any) -> bool:
@@ -615,6 +664,7 @@ def symbolic(root: nn.Module) -> DataFlow | None:
             role, follower = _function_role(name, (None, *args) if name.startswith("leaky") else args, kwargs)
             add(Node(0, role, name, ins, follower=follower), n)
     flow.embeddings = _embedding_names(root)
+    flow.mha = _mha_names(root)
     return flow
 
 

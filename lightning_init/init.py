@@ -29,6 +29,39 @@ What each kind of parameter gets:
   *readout*: ``N(0, 1/fan_in^2)``, muP's readout (Yang et al. 2022, "Tensor Programs V"), so the logits start near
   zero and the loss at init is ``ln(classes)``. Layers it cannot resolve get ``xavier_normal`` with gain 1 and one
   warning that names them.
+- ``auto`` on **depthwise convs**: Kaiming on the true fan-in (the kernel, 9), ``sqrt(channels)`` times
+  torchvision's ``fan_out`` std (torch counts ``out_channels x kernel`` for grouped convs). Under BatchNorm the scale
+  only sets the conv's effective step, and EfficientNet learns ~10x slower than with torchvision's init in 30 SGD
+  steps. Measured and not made the default (``benchmarks/auto_ratio.py``, 3 seeds): Kaiming ``fan_out`` with torch's
+  count on every conv into a norm (EfficientNet 11.6 -> 1.16, MobileNet 2.8 -> 1.4, ResNet-18 1.7 -> 0.97) or on
+  grouped convs only (EfficientNet 1.59) each made a healthy zoo run fire the ``update_ratio`` health rule (ResNet-18's
+  stem, resp. MobileNet's projections at its former lr 0.02, > 10 % per step with ``auto``'s Glorot classifier
+  head): a conv's step size
+  under a norm is a learning-rate matter that ``auto`` cannot settle alone. Give a rule
+  (``InitRule(type="Conv2d", ...)``) to follow a recipe's convention.
+- ``auto``, **transformer blocks** (a model whose data flow has a residual branch computing attention: a fused
+  attention kernel, a ``q @ k^T`` fed to a softmax, or ``nn.MultiheadAttention``;
+  :meth:`~lightning_init.graph.DataFlow.residuals`). At the learning rates transformers are trained with, Adam moves
+  every weight by about ``lr`` per step whatever its size, so the init's scale is the step's yardstick; the
+  fan-based stds (Kaiming 0.18 at d = 64) start the blocks far from where a few steps take them. So:
+
+  - every layer with a 2-d weight on a residual branch (q/k/v, output projections, MLP): *small init*
+    ``N(0, 2/(5d))``, ``d`` the residual stream's width (Nguyen & Salazar 2019, "Transformers without Tears";
+    GPT-NeoX ``small_init``), whatever activation follows;
+  - an embedding whose output is normalized before any layer (BERT's word / position / token-type tables) and is not
+    tied to a readout: small init with its own ``d`` (GPT-NeoX initializes embeddings with the same method; under the
+    norm its scale only sets its step size).
+
+  Measured (``benchmarks/auto_ratio.py``: 30 steps of each zoo model's AdamW, same seeds, data and dropout; ratio of
+  the mean final losses to the model's own init, before -> after): BERT 1.75 -> 1.30 (20 seeds; the noise floor, HF's
+  init re-drawn from other seeds, is 1.06, 0.5-1.6 per seed), GPT-2 1.96 -> 1.83, ViT 0.44 -> 0.26,
+  TransformerEncoder 0.91 -> 0.75 (3 seeds). Not made defaults, though measured: a zero query (muP, Yang et al.
+  2022; BERT 1.30 -> 1.25) and zero output projections of pre-norm branches (each block the identity, SkipInit;
+  GPT-2 -> 1.27, ViT -> 0.21): the health rules read a zero layer at step 0 as symmetric units / a vanishing signal,
+  and with a zero attention output a ViT's class token starts independent of the image. ``residual="fixup"`` (zero
+  branch ends, scaled branches) is the opt-in: GPT-2 1.11 (6 seeds), BERT 1.13 (20 seeds), but TransformerEncoder
+  1.39 and ViT 1.19 (3 seeds). What is left on GPT-2 is mostly the coupling of the init's scale with a learning rate
+  tuned on HF's constant std 0.02 (at d = 64 small init is 0.079; with twice the lr ``auto`` is at 1.26).
 - **Fused projections** (timm ``qkv`` ``Linear(d, 3d)``, GPT-2 ``c_attn`` ``Conv1D(d, 3d)``): per ``d x d`` block
   when the split is seen in the data flow (``split``/``chunk`` into equal parts, ``reshape`` to ``(..., 3, heads,
   head_dim)``) or, without a traced forward, when the name is ``qkv`` / ``c_attn`` / ``in_proj`` /
@@ -79,10 +112,11 @@ from typing import Any, Literal, get_args
 import torch
 from torch import Tensor, nn
 
-from lightning_init.activations import Follower, is_norm, nonlinearity_of
+from lightning_init.activations import Follower, nonlinearity_of
 from lightning_init.checks import check_bool, check_seed
-from lightning_init.graph import DataFlow, dataflow, sequential_followers
+from lightning_init.graph import DataFlow, Residual, dataflow, sequential_followers
 from lightning_init.lsuv import LSUV_LAYER_TYPES, LSUVReport, check_lsuv_args, isolated, lsuv_
+from lightning_init.roles import parameter_role
 from lightning_init.rules import InitRule, as_rules, check_all_match, first_match
 from lightning_init.schemes import (
     SchemeName,
@@ -348,27 +382,28 @@ def _private_generator(seed: int | None, generator: torch.Generator | None) -> t
 
 # -------------------------------------------------------------------------------------------------- roles
 
-#: The role of a parameter for initialization.
-Role = Literal[
+#: What init does with a parameter: its :data:`lightning_init.roles.Role` (the one definition of parameter roles),
+#: refined where the applier depends on the owner: ``recurrent`` (every weight of an RNN / LSTM / GRU, drawn per gate
+#: block), ``attention`` (``nn.MultiheadAttention``'s own weights, per q/k/v block), ``activation`` (PReLU & co:
+#: untouched).
+InitRole = Literal[
     "weight", "bias", "norm_weight", "norm_bias", "embedding", "recurrent", "attention", "free", "activation"
 ]
 
 
-def param_role(module: nn.Module, pname: str, p: Tensor) -> Role:
-    """The role of parameter ``pname`` owned directly by ``module``.
+def param_role(module: nn.Module, pname: str, p: Tensor) -> InitRole:
+    """What init does with parameter ``pname`` owned directly by ``module``.
 
-    Norm weight / bias; activation parameters (PReLU); embeddings; biases (``bias`` in the name); recurrent and
-    attention parameters; *free* parameters (owned by a module with children, e.g. ViT's ``cls_token``, or 1-d
-    non-bias parameters of a leaf, e.g. a layer scale); otherwise a layer weight.
+    The role is :func:`lightning_init.roles.parameter_role`'s; a ``weight`` / ``recurrent`` of an RNN is drawn as
+    ``recurrent`` (input weights per gate block, hidden weights orthogonal), of an ``nn.MultiheadAttention`` as
+    ``attention`` (per q/k/v block); a ``weight`` that is not a layer's (1-d, or owned directly by a module with
+    children) is ``free``; an activation's parameters (PReLU) are ``activation``: untouched.
     """
-    if is_norm(module):
-        return "norm_bias" if "bias" in pname else "norm_weight"
     if nonlinearity_of(module) is not None:
         return "activation"
-    if isinstance(module, (nn.Embedding, nn.EmbeddingBag)) and pname == "weight":
-        return "embedding"
-    if "bias" in pname:
-        return "bias"
+    role = parameter_role(module, pname)
+    if role not in ("weight", "recurrent"):
+        return role
     if isinstance(module, (nn.RNNBase, nn.RNNCellBase)):
         return "recurrent"
     if isinstance(module, nn.MultiheadAttention):
@@ -604,6 +639,7 @@ def plan_init(
     if flow is not None:
         how = "a traced forward" if flow.kind == "traced" else "torch.fx"
         report.notes.append(f"data flow from {how}: {len(residuals)} residual branches")
+    widths, transformer = _transformer_widths(module, flow, residuals, report)
 
     # Ties: an embedding tied to a weight layer (GPT-2 wte = lm_head) is the readout for both roles.
     tied_embeddings: set[str] = set()
@@ -710,10 +746,79 @@ def plan_init(
         for entry in mine:
             if auto:
                 _tie(entry, mname, tied_embeddings, readout_layers, summed_embeddings, id(entry.tensor) in raw_ids)
+                if transformer:
+                    _transformer_rule(entry, mname, widths, flow, tied_embeddings | summed_embeddings)
             _preset(entry, mname, preset_scale, preset_zero_layers, preset_zero_norms)
         entries += mine
 
     return Plan(entries, report, lsuv_layers)
+
+
+def small_init_std(d: int) -> float:
+    """Small init's std ``sqrt(2 / (5 d))`` for a residual stream of width ``d`` (Nguyen & Salazar 2019; GPT-NeoX)."""
+    return math.sqrt(2.0 / (5.0 * d))
+
+
+def _branch_width(module: nn.Module, r: Residual) -> int | None:
+    """The residual stream's width of branch ``r``: the added tensors' features, else its last layer's outputs."""
+    if r.width is not None:
+        return int(r.width)
+    if r.last_layer is None:
+        return None
+    last = module.get_submodule(r.last_layer)
+    if isinstance(last, nn.MultiheadAttention):
+        return int(last.embed_dim)
+    weight = last._parameters.get("weight")
+    if weight is None or weight.ndim != 2:
+        return None
+    return int(weight.shape[1] if type(last).__name__ == "Conv1D" else weight.shape[0])
+
+
+def _transformer_widths(
+    module: nn.Module, flow: DataFlow | None, residuals: list[Residual], report: InitReport
+) -> tuple[dict[str, int], bool]:
+    """``({layer on a residual branch: the stream's width d}, whether the model is a transformer)``.
+
+    A transformer: a model whose data flow has a residual branch computing attention. Its residual branches' layers
+    with 2-d weights (and an ``nn.MultiheadAttention``'s ``out_proj``) get small init (module docstring).
+    """
+    if flow is None or not any(r.attention for r in residuals):
+        return {}, False
+    widths: dict[str, int] = {}
+    modules = dict(module.named_modules())
+    for r in residuals:
+        d = _branch_width(module, r)
+        if d is None:
+            continue
+        for name in r.branch_layers:
+            mod = modules.get(name)
+            if isinstance(mod, nn.MultiheadAttention):
+                widths[name] = widths[f"{name}.out_proj"] = d
+            elif mod is not None and isinstance(mod._parameters.get("weight"), Tensor) and mod.weight.ndim == 2:
+                widths[name] = d
+    n = sum(r.attention for r in residuals)
+    report.notes.append(f"transformer blocks (attention in {n} residual branches): small init sqrt(2/(5d))")
+    return widths, True
+
+
+def _transformer_rule(
+    entry: ParamPlan, mname: str, widths: dict[str, int], flow: DataFlow | None, tied: set[str]
+) -> None:
+    """Under ``auto`` in a transformer: small init for block layers and normalized embeddings (module docstring)."""
+    if entry.kind == "embedding" and mname not in tied and entry.scheme == "normal":
+        if flow is not None and flow.calls(mname) and _normalized_before_a_layer(flow, mname):
+            dim = int(entry.tensor.shape[1])
+            entry.params = {"mean": 0.0, "std": small_init_std(dim)}
+            entry.label = "auto: small_init (embedding, normalized)"
+            entry.note = f"embedding normalized before any layer, in a transformer: small init sqrt(2/(5 x {dim}))"
+        return
+    d = widths.get(mname)
+    if d is None or entry.kind != "weight" or not entry.report or entry.tensor.ndim != 2:
+        return
+    entry.scheme, entry.params = "normal", {"mean": 0.0, "std": small_init_std(d)}
+    follower = re.search(r"\(([a-z_]+)\)", entry.label)  # the follower auto found, kept in the label
+    entry.label = f"auto: small_init ({follower.group(1) + ', ' if follower else ''}transformer block, d={d})"
+    entry.note = "; ".join(x for x in (entry.note, f"small init sqrt(2/(5 x {d})) (Nguyen & Salazar 2019)") if x)
 
 
 def _is_output_layer(flow: DataFlow | None, name: str) -> bool:
@@ -770,7 +875,7 @@ def _plan_param(
     pn: str,
     p: Tensor,
     qn: str,
-    role: Role,
+    role: InitRole,
     sch: str,
     prm: dict[str, Any],
     b: float,

@@ -37,10 +37,7 @@ CAUGHT_BY = {
 }
 
 #: Healthy runs with an open finding, each with its reason: (model, init) -> reason. Strict: a fix flips them.
-AUTO_XFAIL: dict[tuple[str, str], str] = {
-    ("bert", "auto"): "auto (issue 12): BERT's loss does not fall within 20 steps under auto (1.383 -> 1.409, "
-    "chance ln 4 = 1.386; it falls under HF's own init); every health count is 0",
-}
+AUTO_XFAIL: dict[tuple[str, str], str] = {}
 
 
 def _assert_learns(run) -> None:

@@ -114,14 +114,92 @@ def test_gpt2_conv1d_fans_without_and_with_a_traced_forward():
 
 
 def test_gelu_new_gets_the_gelu_rule_and_fused_qkv_per_block():
-    report = _auto(_build("gpt2"))
+    from transformers.activations import NewGELUActivation
+
+    mlp = nn.Sequential(nn.Linear(64, 256), NewGELUActivation(), nn.Linear(256, 64))  # no attention: Kaiming
+    rows = {r.layer: r for r in _auto_on(mlp, torch.zeros(2, 64)).rows}
+    assert rows["0.weight"].scheme == "auto: kaiming_normal (gelu)"
+    assert rows["0.weight"].expected_std == pytest.approx(math.sqrt(2 / 64))
+    report = _auto(_build("gpt2"))  # in a transformer block: gelu_new recognized, small init
     rows = {r.layer: r for r in report.rows}
-    assert rows["net.transformer.h.0.mlp.c_fc.weight"].scheme == "auto: kaiming_normal (gelu)"
+    assert rows["net.transformer.h.0.mlp.c_fc.weight"].scheme == "auto: small_init (gelu, transformer block, d=64)"
     attn = rows["net.transformer.h.0.attn.c_attn.weight"]
     assert attn.scheme.endswith("x3 blocks")
-    assert attn.expected_std == pytest.approx(1 / 8)  # Xavier on each 64x64 block: sqrt(2 / 128)
+    assert (attn.fan_in, attn.fan_out) == (64, 64)  # per 64x64 block
+    assert attn.expected_std == pytest.approx(math.sqrt(2 / (5 * 64)))
     vit = {r.layer: r for r in _auto(_build("vit")).rows}
-    assert vit["net.blocks.0.attn.qkv.weight"].expected_std == pytest.approx(math.sqrt(2 / 64))
+    assert vit["net.blocks.0.attn.qkv.weight"].expected_std == pytest.approx(math.sqrt(2 / (5 * 32)))
+
+
+def _auto_on(model: nn.Module, example, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return init_module(model, "auto", seed=0, example_input=example, **kw)
+
+
+def _std(t: torch.Tensor) -> float:
+    return float(t.detach().float().std(correction=0))
+
+
+@pytest.mark.parametrize(("name", "d"), [("gpt2", 64), ("vit", 32), ("bert", 64), ("transformer_encoder", 64)])
+def test_transformer_block_layers_get_small_init(name, d):
+    model = _build(name)
+    rows = {r.layer: r for r in _auto(model).rows}
+    blocks = {
+        "gpt2": "net.transformer.h.",
+        "vit": "net.blocks.",
+        "bert": "net.bert.encoder.layer.",
+        "transformer_encoder": "net.encoder.layers.",
+    }[name]
+    params = dict(model.named_parameters())
+    inside = [n for n, p in params.items() if n.startswith(blocks) and p.ndim == 2]
+    assert len(inside) >= 8
+    small = math.sqrt(2 / (5 * d))  # Nguyen & Salazar 2019, d the residual stream's width
+    for n in inside:
+        assert rows[n].expected_std == pytest.approx(small), n
+        assert "small_init" in rows[n].scheme, n
+    pooled = torch.cat([params[n].detach().flatten() for n in inside])  # >= 32768 samples
+    assert _std(pooled) == pytest.approx(small, rel=0.02)
+    outside = [r for r in rows.values() if not r.layer.startswith(blocks)]
+    assert not any("small_init (" in r.scheme and "embedding" not in r.scheme for r in outside)
+
+
+def test_bert_embeddings_normalized_get_small_init_and_unnormalized_ones_keep_the_default():
+    bert = _build("bert")
+    rows = {r.layer: r for r in _auto(bert).rows}
+    small = math.sqrt(2 / (5 * 64))
+    words = bert.net.bert.embeddings.word_embeddings
+    assert rows["net.bert.embeddings.word_embeddings.weight"].expected_std == pytest.approx(small)
+    assert _std(words.weight[1:]) == pytest.approx(small, rel=0.1)  # 6336 samples
+    assert bool((words.weight[0] == 0).all())  # padding row
+    assert rows["net.bert.pooler.dense.weight"].scheme == "auto: xavier_normal (tanh)"  # not on a residual branch
+    te = _build("transformer_encoder")
+    rows = {r.layer: r for r in _auto(te).rows}
+    assert rows["net.embed.weight"].expected_std == 1.0  # fed to attention unnormalized: torch's default
+    gpt2 = {r.layer: r for r in _auto(_build("gpt2")).rows}
+    assert gpt2["net.transformer.wte.weight"].expected_std == pytest.approx(1 / 64)  # tied: the readout wins
+
+
+def test_attention_found_from_a_score_product_fed_to_a_softmax():
+    class Eager(nn.Module):
+        def __init__(self, d: int = 32) -> None:
+            super().__init__()
+            self.norm, self.q, self.k, self.v, self.o = nn.LayerNorm(d), *(nn.Linear(d, d) for _ in range(4))
+
+        def forward(self, x):
+            h = self.norm(x)
+            scores = self.q(h) @ self.k(h).transpose(-2, -1) / math.sqrt(h.shape[-1])
+            return x + self.o(torch.softmax(scores, dim=-1) @ self.v(h))
+
+    class NoAttention(Eager):
+        def forward(self, x):
+            h = self.norm(x)
+            return x + self.o(torch.tanh(self.q(h) * self.k(h)) + self.v(h))
+
+    rows = {r.layer: r for r in _auto_on(Eager(), torch.zeros(2, 5, 32)).rows}
+    assert all(rows[f"{n}.weight"].expected_std == pytest.approx(math.sqrt(2 / 160)) for n in "qkvo")
+    rows = {r.layer: r for r in _auto_on(NoAttention(), torch.zeros(2, 5, 32)).rows}
+    assert all("small_init" not in rows[f"{n}.weight"].scheme for n in "qkvo")  # a residual MLP is not a transformer
 
 
 @pytest.mark.parametrize("name", ["resnet18", "resnet10_zero_init_last"])
@@ -169,10 +247,11 @@ def test_residual_scaled_gives_gpt2_projections_base_std_over_sqrt_2n():
     n_layer = 2
     for i in range(n_layer):
         attn, mlp = rows[f"net.transformer.h.{i}.attn.c_proj.weight"], rows[f"net.transformer.h.{i}.mlp.c_proj.weight"]
-        assert attn.expected_std == pytest.approx(math.sqrt(2 / (64 + 64)) / math.sqrt(2 * n_layer))
-        assert mlp.expected_std == pytest.approx(math.sqrt(2 / (256 + 64)) / math.sqrt(2 * n_layer))
+        base = math.sqrt(2 / (5 * 64))  # auto's base in a transformer block: small init (the preset replaces the 0)
+        assert attn.expected_std == pytest.approx(base / math.sqrt(2 * n_layer))
+        assert mlp.expected_std == pytest.approx(base / math.sqrt(2 * n_layer))
         assert mlp.actual_std == pytest.approx(mlp.expected_std, rel=0.05)  # 16384 samples
-        assert rows[f"net.transformer.h.{i}.mlp.c_fc.weight"].expected_std == pytest.approx(math.sqrt(2 / 64))
+        assert rows[f"net.transformer.h.{i}.mlp.c_fc.weight"].expected_std == pytest.approx(base)
 
 
 def test_residual_fixup_zeroes_branch_ends_and_scales_the_rest():

@@ -57,10 +57,11 @@ What each kind of parameter gets:
   init re-drawn from other seeds, is 1.06, 0.5-1.6 per seed), GPT-2 1.96 -> 1.83, ViT 0.44 -> 0.26,
   TransformerEncoder 0.91 -> 0.75 (3 seeds). Not made defaults, though measured: a zero query (muP, Yang et al.
   2022; BERT 1.30 -> 1.25) and zero output projections of pre-norm branches (each block the identity, SkipInit;
-  GPT-2 -> 1.27, ViT -> 0.21): the health rules read a zero layer at step 0 as symmetric units / a vanishing signal,
-  and with a zero attention output a ViT's class token starts independent of the image. ``residual="fixup"`` (zero
-  branch ends, scaled branches) is the opt-in: GPT-2 1.11 (6 seeds), BERT 1.13 (20 seeds), but TransformerEncoder
-  1.39 and ViT 1.19 (3 seeds). What is left on GPT-2 is mostly the coupling of the init's scale with a learning rate
+  GPT-2 -> 1.27, ViT -> 0.21): the health rules read a zero query at step 0 as a vanishing signal (and read zero
+  layers as symmetric units until 2026-12-02, when `symmetric` began to wait for the first update), and with a zero
+  attention output a ViT's class token starts independent of the image. ``residual="fixup"`` (zero branch ends,
+  scaled branches) is the opt-in: GPT-2 1.11 (6 seeds), BERT 1.13 (20 seeds), but TransformerEncoder 1.39 and ViT
+  1.19 (3 seeds). What is left on GPT-2 is mostly the coupling of the init's scale with a learning rate
   tuned on HF's constant std 0.02 (at d = 64 small init is 0.079; with twice the lr ``auto`` is at 1.26).
 - **Fused projections** (timm ``qkv`` ``Linear(d, 3d)``, GPT-2 ``c_attn`` ``Conv1D(d, 3d)``): per ``d x d`` block
   when the split is seen in the data flow (``split``/``chunk`` into equal parts, ``reshape`` to ``(..., 3, heads,

@@ -266,8 +266,22 @@ def test_zero_init_is_symmetric(tmp_path: Path) -> None:
     _, texts = fit(tmp_path, MLP("zeros", depth=3, width=16), monitors(), max_steps=2, width=16)
     symmetric = has(texts, "symmetric")
     assert symmetric, texts
-    assert any("net.0.weight" in t and "at step 0" in t and "row spread" in t for t in symmetric)
+    # Identical units at fit start and still identical after the first update: confirmed at step 1.
+    assert any("net.0.weight" in t and "at step 1" in t and "row spread" in t for t in symmetric)
     assert all("non-zero random" in t for t in symmetric)
+
+
+def test_a_zero_initialized_last_layer_is_not_symmetric(tmp_path: Path) -> None:
+    # A zero readout (or a zero last layer of a residual branch: Fixup, SkipInit) has identical units at init, but the
+    # first update makes them differ (each unit's gradient row depends on its own target/downstream weights), so they
+    # do not learn the same thing: not a finding.
+    model = MLP("xavier", depth=3, width=16, act="tanh")  # tanh'(0) = 1: the zero layer's gradient flows (ReLU'(0) = 0)
+    with torch.no_grad():
+        model.net[2].weight.zero_()
+    _, texts = fit(tmp_path, model, monitors(), max_steps=3, width=16)
+    assert not has(texts, "symmetric"), texts
+    # Its units did start identical, and the first update made them differ: the premise of the case.
+    assert model.net[2].weight.std(dim=1).min() > 0
 
 
 def test_relu_with_large_negative_bias_is_dead(tmp_path: Path) -> None:

@@ -33,7 +33,7 @@ CAUGHT_BY = {
     "deep_relu_xavier": ("health/vanishing_activation", 0),  # the output is ~1e-4 of the input at init
     "resnet18_lr100": ("health/update_ratio", 2),  # SGD lr 5.0: the first two updates move every weight by > 100%
     "nan_data": ("health/nonfinite_activation", 5),  # NaN images from step 5
-    "zero_mlp": ("health/symmetric", 0),  # every unit of a layer identical from the start
+    "zero_mlp": ("health/symmetric", 1),  # every unit of a layer identical at init and still after the first update
 }
 
 #: Healthy runs with an open finding, each with its reason: (model, init) -> reason. Strict: a fix flips them.

@@ -73,7 +73,9 @@ class WeightMonitor(_LayerMonitor):
 
     - ``nonfinite``: a weight holds NaN/Inf ("NaN/Inf weights");
     - ``symmetric``: ``row_spread`` (computed for this check, not logged unless in ``stats``) at or below
-      ``symmetric_spread``: every output unit has the same weights, as after a zero or constant init;
+      ``symmetric_spread`` at two logged steps in a row: every output unit has the same weights, as after a zero or
+      constant init, and an update did not make them differ (a zero last layer of a residual branch or a zero readout
+      has identical units at init that its first update separates: not symmetric);
     - ``update_ratio`` (only when ``update_ratio`` is logged; biases and norm shifts not judged): a non-zero ratio
       below ``update_ratio_low`` on 10 logged steps in a row (frozen learning), or an update above
       ``update_ratio_high`` of the parameter's scale (the larger of its norm and its unit-scale norm) on 2 in a row,

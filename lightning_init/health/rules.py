@@ -350,7 +350,9 @@ RULE_TABLE: tuple[RuleSpec, ...] = (
         "symmetric units",
         "Every output unit has the same weights, so all of them compute and learn the same thing: initialize weights "
         "with non-zero random values (Kaiming for ReLU, Xavier for tanh/sigmoid), never zeros or a constant.",
-        "parameters with >= 2 output units",
+        "parameters with >= 2 output units, two logged steps in a row (units a training step made differ, like a "
+        "zero-initialized last layer of a residual branch, are not symmetric)",
+        persist=2,
     ),
     RuleSpec(
         "update_ratio",

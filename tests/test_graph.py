@@ -5,30 +5,7 @@ import torch
 from torch import nn
 
 from lightning_init.graph import dataflow_order, symbolic, trace
-
-
-class Block(nn.Module):
-    """torchvision's BasicBlock: in execution order the downsample conv runs between conv2 and the ReLU."""
-
-    def __init__(self, cin, cout, stride=1):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.relu = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.downsample = None
-        if stride != 1 or cin != cout:
-            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-
-    def forward(self, x):
-        identity = x
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        if self.downsample is not None:
-            identity = self.downsample(x)
-        out += identity
-        return self.relu(out)
+from tests.zoo.models import BasicBlock as Block  # torchvision's: the downsample conv runs between conv2 and the ReLU
 
 
 class TinyResNet(nn.Module):

@@ -106,7 +106,7 @@ import math
 import os
 import re
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, get_args
 
@@ -550,20 +550,26 @@ def _normalized_before_a_layer(flow: DataFlow | None, embedding: str) -> bool:
     """Whether every path from ``embedding``'s output meets a norm before any weight layer (transformers)."""
     if flow is None or not flow.calls(embedding):
         return True  # no data flow: the transformer case, the common one for tied embeddings
-    for call in flow.calls(embedding):
-        stack, seen = [call.index], {call.index}
-        while stack:
-            i = stack.pop()
-            for c in flow.consumers(i):
-                node = flow.nodes[c]
-                if node.role == "norm":
-                    continue
-                if node.role == "layer":
-                    return False
-                if c not in seen:
-                    seen.add(c)
+    return not any(
+        flow.nodes[c].role == "layer"
+        for call in flow.calls(embedding)
+        for c in _downstream(flow, call.index, through=lambda role: role not in ("norm", "layer"))
+    )
+
+
+def _downstream(flow: DataFlow, start: int, *, through: Callable[[str], bool]) -> Iterator[int]:
+    """Every node reached from node ``start`` by following consumers, each once.
+
+    Only nodes whose role passes ``through`` are expanded; the nodes where the walk stops are yielded too.
+    """
+    stack, seen = [start], {start}
+    while stack:
+        for c in flow.consumers(stack.pop()):
+            if c not in seen:
+                seen.add(c)
+                yield c
+                if through(flow.nodes[c].role):
                     stack.append(c)
-    return True
 
 
 def _readout_embeddings(flow: DataFlow | None, tied_embeddings: set[str]) -> set[str]:
@@ -573,15 +579,9 @@ def _readout_embeddings(flow: DataFlow | None, tied_embeddings: set[str]) -> set
     joins: dict[int, set[str]] = {}
     for emb in flow.embeddings:
         for call in flow.calls(emb):
-            stack, seen = [call.index], {call.index}
-            while stack:
-                i = stack.pop()
-                for c in flow.consumers(i):
-                    node = flow.nodes[c]
-                    if node.role == "transparent" and c not in seen:
-                        seen.add(c)
-                        stack.append(c)
-                        joins.setdefault(c, set()).add(emb)
+            for c in _downstream(flow, call.index, through=lambda role: role == "transparent"):
+                if flow.nodes[c].role == "transparent":
+                    joins.setdefault(c, set()).add(emb)
     out: set[str] = set()
     for members in joins.values():
         if members & tied_embeddings:

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_init.roles import TORCH_NORMS
+
 #: Activation module type -> nonlinearity name (the names of ``torch.nn.init.calculate_gain`` where it has one).
 ACTIVATION_NONLINEARITY: dict[type[nn.Module], str] = {
     nn.ReLU: "relu",
@@ -211,18 +213,6 @@ def function_nonlinearity(name: str) -> str | None:
 #: and, for ``leaky_relu``, its negative slope.
 Follower = tuple[str, "float | None"]
 
-_NORM_TYPES: tuple[type[nn.Module], ...] = tuple(
-    t
-    for t in (
-        nn.modules.batchnorm._NormBase,  # BatchNorm*, InstanceNorm*, SyncBatchNorm
-        nn.LayerNorm,
-        nn.GroupNorm,
-        nn.LocalResponseNorm,
-        getattr(nn, "RMSNorm", None),
-    )
-    if t is not None
-)
-
 #: Modules that pass the signal through without changing which activation a layer feeds (looked through).
 _TRANSPARENT: tuple[type[nn.Module], ...] = (
     nn.Dropout,
@@ -264,7 +254,7 @@ def is_norm(module: nn.Module) -> bool:
     Torch's classes and their subclasses, plus leaf modules whose class name ends in ``LayerNorm`` / ``RMSNorm`` /
     ``BatchNorm`` / ``GroupNorm`` (HF's ``T5LayerNorm``, ``LlamaRMSNorm``...).
     """
-    return isinstance(module, _NORM_TYPES) or _norm_name(module)
+    return isinstance(module, TORCH_NORMS) or _norm_name(module)
 
 
 def is_transparent(module: nn.Module) -> bool:

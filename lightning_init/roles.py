@@ -50,13 +50,24 @@ from typing import Literal, get_args
 import torch
 from torch import nn
 
-__all__ = ["ROLES", "Role", "fan_in", "is_bias_name", "is_norm", "parameter_role", "parameter_roles", "unit_norm"]
+__all__ = [
+    "ROLES",
+    "TORCH_NORMS",
+    "Role",
+    "fan_in",
+    "is_bias_name",
+    "is_norm",
+    "parameter_role",
+    "parameter_roles",
+    "unit_norm",
+]
 
 Role = Literal["weight", "recurrent", "bias", "norm_weight", "norm_bias", "embedding", "free"]
 #: Every role, in documentation order.
 ROLES: tuple[Role, ...] = get_args(Role)
 
-_TORCH_NORMS: tuple[type[nn.Module], ...] = tuple(
+#: torch's normalization classes (subclasses included by ``isinstance``); also what ``activations.is_norm`` starts from.
+TORCH_NORMS: tuple[type[nn.Module], ...] = tuple(
     t
     for t in (
         nn.modules.batchnorm._NormBase,  # BatchNorm*, InstanceNorm*, SyncBatchNorm
@@ -129,7 +140,7 @@ def is_norm(module: nn.Module) -> bool:
     A module with norm-like attributes that cannot be probed (lazy parameters, an input it rejects) counts as a norm
     when its class name says so (``...Norm...``).
     """
-    if isinstance(module, _TORCH_NORMS):
+    if isinstance(module, TORCH_NORMS):
         return True
     params = _direct_params(module)
     if not params or any(_materialized(p) and p.dim() != 1 for p in params):

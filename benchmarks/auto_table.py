@@ -30,6 +30,11 @@ WHY: tuple[tuple[str, str], ...] = (
         "embedding normalized before any layer, in a transformer: small init sqrt(2/(5d)) (GPT-NeoX)",
     ),
     (
+        r"small_init \(tied",
+        "tied embedding + output in a transformer: small init, the residual stream at the blocks' scale; logits at "
+        "std sqrt(2/5), loss ln V + 0.2",
+    ),
+    (
         r"small_init",
         "layer of a transformer block: small init sqrt(2/(5d)), d the residual width (Nguyen & Salazar 2019, GPT-NeoX)",
     ),
@@ -48,6 +53,7 @@ WHY: tuple[tuple[str, str], ...] = (
     (r"^normal$", "embedding N(0, 1) (torch's default; a norm or a layer follows)"),
     (r"token", "class token: N(0, 1e-6) (timm ViT)"),
     (r"position embedding", "position embedding: trunc_normal std 0.02 (ViT/DeiT)"),
+    (r"position table", "indexed by positions or a constant, not the input: position default trunc_normal 0.02"),
     (r"layer scale", "layer scale: the model's init_values kept (CaiT)"),
 )
 

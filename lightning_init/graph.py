@@ -73,6 +73,11 @@ TRANSPARENT_FUNCTIONS: frozenset[str] = frozenset(
 #: Calls that read a tensor's shape, not its values (ignored as consumers in a symbolic graph).
 _SHAPE_QUERIES: frozenset[str] = frozenset({"size", "dim", "numel", "getattr", "shape"})
 
+#: Functions (by name) whose result depends on a tensor's shape only (``zeros_like(input_ids)``: default segment ids).
+_SHAPE_ONLY: frozenset[str] = frozenset(
+    {"zeros_like", "ones_like", "empty_like", "full_like", "new_zeros", "new_ones", "new_empty", "new_full"}
+)
+
 #: Functions and modules (by name) that turn a layer's output into probabilities or a classification loss: the layer
 #: computes logits (its follower is ``("softmax", None)``: a readout).
 LOGIT_CONSUMERS: frozenset[str] = frozenset(
@@ -185,6 +190,31 @@ class DataFlow:
         if self.kind == "symbolic":
             return node.target not in _SHAPE_QUERIES
         return bool(node.out_shapes)
+
+    def reads_input(self, name: str) -> bool | None:
+        """Whether a call of module ``name`` reads a tensor computed from the model's input.
+
+        ``False`` for an embedding indexed by positions (``arange``) or by a constant buffer (BERT's default
+        segment ids): the same rows are added to every sample, whatever the input. Shape queries do not count
+        (``arange(x.shape[1])`` in a symbolic graph), nor do tensors made from the input's shape alone
+        (``zeros_like(input_ids)``). ``None`` when ``name`` did not run.
+        """
+        calls = self.calls(name)
+        if not calls:
+            return None
+        stack = [i for node in calls for i in node.inputs]
+        seen = set(stack)
+        while stack:
+            node = self.nodes[stack.pop()]
+            if node.role == "input":
+                return True
+            if node.target in _SHAPE_ONLY or (self.kind == "symbolic" and node.target in _SHAPE_QUERIES):
+                continue
+            for i in node.inputs:
+                if i not in seen:
+                    seen.add(i)
+                    stack.append(i)
+        return False
 
     # ---------------------------------------------------------------------------------------------- followers
 

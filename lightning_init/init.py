@@ -48,21 +48,42 @@ What each kind of parameter gets:
   - every layer with a 2-d weight on a residual branch (q/k/v, output projections, MLP): *small init*
     ``N(0, 2/(5d))``, ``d`` the residual stream's width (Nguyen & Salazar 2019, "Transformers without Tears";
     GPT-NeoX ``small_init``), whatever activation follows;
-  - an embedding whose output is normalized before any layer (BERT's word / position / token-type tables) and is not
-    tied to a readout: small init with its own ``d`` (GPT-NeoX initializes embeddings with the same method; under the
-    norm its scale only sets its step size).
+  - an embedding whose output is normalized before any layer (BERT's word table) and is not tied to a readout:
+    small init with its own ``d`` (GPT-NeoX initializes embeddings with the same method; under the norm its scale
+    only sets its step size);
+  - an embedding tied to the output layer (GPT-2 ``wte`` = ``lm_head``): small init too, not the readout's ``1/d``.
+    In a pre-norm transformer the embedding's output *is* the residual stream every block adds to; at ``1/d`` the
+    first block's MLP branch added 20x the embedding's rms at init (d = 64; 265x at d = 768; HF's init: 0.5x /
+    2.6x), and the blocks had to unlearn their own noise before the token could be read; with small init 6x (16x at
+    d = 768, where HF's GPT-2 also divides its output projections by ``sqrt(2 n_layer)``: ``residual="scaled"``).
+    As a readout, small init starts the logits
+    at std ``sqrt(2/5)``: the loss at init is ``ln(vocab) + 0.2`` at any width (GPT-2 d = 64: 4.79 vs ln 100 = 4.61;
+    GPT-2 small, d = 768, vocab 50257: 11.05 vs 10.82, HF's init 10.95). Under ``residual="fixup"`` every branch
+    starts at 0, the stream is the embedding alone and the readout's ``1/d`` is kept: at small init the logit of the
+    input token itself, ``d x std = sqrt(2d/5)``, would dominate (GPT-2 d = 64, fixup: loss at init 5.51, not 4.63).
+
+  At d = 768 these stds are 0.0228, HF's 0.02 (BERT, GPT-2: HF's constant is small init at d = 1000); they scale as
+  ``1/sqrt(d)``, so at d = 64 they are 0.079, four times HF's constant.
+- ``auto``, **position tables**: an embedding whose indices do not come from the input (positions from ``arange``,
+  BERT's default segment ids from a buffer; :meth:`~lightning_init.graph.DataFlow.reads_input`) adds the same rows to
+  every sample: it gets the position-embedding default ``trunc_normal(std=0.02)`` of BERT, GPT-2 and ViT/DeiT, as a
+  free ``pos_embed`` does (a width-independent literature constant, HF's own value at every width). Found from the
+  data flow only (a traced forward or ``torch.fx``; without one, an embedding is an embedding).
 
   Measured (``benchmarks/auto_ratio.py``: 30 steps of each zoo model's AdamW, same seeds, data and dropout; ratio of
-  the mean final losses to the model's own init, before -> after): BERT 1.75 -> 1.30 (20 seeds; the noise floor, HF's
-  init re-drawn from other seeds, is 1.06, 0.5-1.6 per seed), GPT-2 1.96 -> 1.83, ViT 0.44 -> 0.26,
-  TransformerEncoder 0.91 -> 0.75 (3 seeds). Not made defaults, though measured: a zero query (muP, Yang et al.
-  2022; BERT 1.30 -> 1.25) and zero output projections of pre-norm branches (each block the identity, SkipInit;
-  GPT-2 -> 1.27, ViT -> 0.21): the health rules read a zero query at step 0 as a vanishing signal (and read zero
-  layers as symmetric units until 2026-12-02, when `symmetric` began to wait for the first update), and with a zero
-  attention output a ViT's class token starts independent of the image. ``residual="fixup"`` (zero branch ends,
-  scaled branches) is the opt-in: GPT-2 1.11 (6 seeds), BERT 1.13 (20 seeds), but TransformerEncoder 1.39 and ViT
-  1.19 (3 seeds). What is left on GPT-2 is mostly the coupling of the init's scale with a learning rate
-  tuned on HF's constant std 0.02 (at d = 64 small init is 0.079; with twice the lr ``auto`` is at 1.26).
+  the mean final losses to the model's own init): with small init on the block layers and the word table only
+  (2026-12-02, morning) BERT was 1.30 (20 seeds) and GPT-2 1.83 (3 seeds); a group-by-group ablation (each group set
+  back to HF's values) put GPT-2's gap in the attention branch's value path (v, ``attn.c_proj``: 1.83 -> 1.11 at
+  HF's values) against a residual stream started at ``1/d`` by the tied readout, and BERT's in the position and
+  token-type tables (1.27 -> 0.57 at HF's values). With the two rules above: **GPT-2 0.71** (20 seeds, 0.62-0.79
+  per seed; noise floor, HF's init re-drawn from other seeds: 1.00), **BERT 0.69** (20 seeds, 0.38-1.05; noise floor
+  1.06), TransformerEncoder 0.48 (3 seeds); about the same at half and twice the zoo's learning rates (GPT-2 0.77 /
+  0.73, 3 seeds; BERT 0.71 / 0.81, 10 seeds).
+  The zoo's token tasks do not need positions (a bag of tokens, a next-token permutation), so part of the gain on
+  BERT and the TransformerEncoder is that a small position table adds less noise; the rule is not chosen for that:
+  0.02 is the literature's value at every width. Not made defaults, though measured: a zero query (muP, Yang et al.
+  2022; BERT 1.30 -> 1.25 before these rules) and zero output projections of pre-norm branches (SkipInit; GPT-2 1.27,
+  ViT 0.21); ``residual="fixup"`` stays opt-in (it hurt the TransformerEncoder, 1.39, and ViT, 1.19).
 - **Fused projections** (timm ``qkv`` ``Linear(d, 3d)``, GPT-2 ``c_attn`` ``Conv1D(d, 3d)``): per ``d x d`` block
   when the split is seen in the data flow (``split``/``chunk`` into equal parts, ``reshape`` to ``(..., 3, heads,
   head_dim)``) or, without a traced forward, when the name is ``qkv`` / ``c_attn`` / ``in_proj`` /
@@ -71,10 +92,10 @@ What each kind of parameter gets:
 - **Norms** (BatchNorm, InstanceNorm, LayerNorm, GroupNorm, RMSNorm): weight 1, bias 0. Under ``auto``, a norm
   weight that is exactly zero is the model's own design (timm ``zero_init_last``, torchvision
   ``zero_init_residual``) and is kept, unless a rule or a residual preset says otherwise.
-- **Embeddings**: N(0, 1) (torch's default). A ``padding_idx`` row is zero. An embedding tied to an output layer (GPT-2
-  ``wte`` = ``lm_head``) is initialized once, as the readout (std ``1/d``: its embedding role is scale-free, as its
-  output is normalized before use), and the embeddings added to it (``wpe``) get the same std. The report lists every
-  name of a tied tensor.
+- **Embeddings**: N(0, 1) (torch's default). A ``padding_idx`` row is zero. An embedding tied to an output layer
+  is initialized once, for both roles: the readout (std ``1/d``) when its output is normalized before any layer,
+  small init in a transformer (above), Xavier when it feeds a layer unnormalized (below); embeddings added to it
+  get the same std unless they are position tables (above). The report lists every name of a tied tensor.
 - **RNN / LSTM / GRU**: input weights by the scheme per gate block (``auto``: ``xavier_normal`` gain 1), recurrent
   weights orthogonal per gate block, biases the ``bias`` constant.
 - **Free parameters** (owned directly by a module with children, or 1-d non-bias parameters of a leaf): documented
@@ -156,12 +177,16 @@ _FAN_SCHEMES = frozenset(
 _FUSED_NAMES = frozenset({"qkv", "c_attn", "in_proj", "query_key_value", "wqkv", "qkv_proj"})
 
 #: Free parameters by name (the last component of the qualified name): (pattern, scheme, params, why).
+#: The position-embedding default (BERT, GPT-2, ViT, DeiT; timm ``trunc_normal_(pos_embed, std=.02)``): a free
+#: ``pos_embed`` and an embedding table indexed by positions alike.
+POSITION_DEFAULT: dict[str, float] = {"mean": 0.0, "std": 0.02, "a": -0.04, "b": 0.04}
+
 FREE_PARAMETER_DEFAULTS: tuple[tuple[str, str, dict[str, float], str], ...] = (
     (r"(cls|dist|reg|mask)_tokens?|register_tokens", "normal", {"mean": 0.0, "std": 1e-6}, "token: timm ViT"),
     (
         r"pos(ition)?_emb(ed|edding|eddings)?|absolute_pos_embed",
         "trunc_normal",
-        {"mean": 0.0, "std": 0.02, "a": -0.04, "b": 0.04},
+        POSITION_DEFAULT,
         "position embedding: ViT/DeiT",
     ),
 )
@@ -653,6 +678,9 @@ def plan_init(
     summed_embeddings = _readout_embeddings(flow, tied_embeddings)
     raw = {name for name in tied_embeddings if not _normalized_before_a_layer(flow, name)}
     raw_ids = {id(m.weight) for n, m in module.named_modules() if n in raw}
+    # A tied embedding is the residual stream the blocks add to, unless a preset zeroes every branch's end (fixup):
+    # then the stream is the embedding alone and only its readout role is left.
+    stream = transformer and residual != "fixup"
 
     # Residual presets: per layer / norm, what changes.
     preset_scale: dict[str, tuple[float, str]] = {}
@@ -746,7 +774,9 @@ def plan_init(
         auto = rule is None and sch == "auto"
         for entry in mine:
             if auto:
-                _tie(entry, mname, tied_embeddings, readout_layers, summed_embeddings, id(entry.tensor) in raw_ids)
+                raw_tie = id(entry.tensor) in raw_ids
+                _tie(entry, mname, tied_embeddings, readout_layers, summed_embeddings, raw_tie, stream)
+                _positional(entry, mname, flow)
                 if transformer:
                     _transformer_rule(entry, mname, widths, flow, tied_embeddings | summed_embeddings)
             _preset(entry, mname, preset_scale, preset_zero_layers, preset_zero_norms)
@@ -820,6 +850,23 @@ def _transformer_rule(
     follower = re.search(r"\(([a-z_]+)\)", entry.label)  # the follower auto found, kept in the label
     entry.label = f"auto: small_init ({follower.group(1) + ', ' if follower else ''}transformer block, d={d})"
     entry.note = "; ".join(x for x in (entry.note, f"small init sqrt(2/(5 x {d})) (Nguyen & Salazar 2019)") if x)
+
+
+def _positional(entry: ParamPlan, mname: str, flow: DataFlow | None) -> None:
+    """Under ``auto``: an embedding whose indices do not come from the input is a position table (module docstring).
+
+    Its rows are added to every sample alike (positions from ``arange``, BERT's default segment ids from a buffer):
+    the documented position-embedding default, as for a free ``pos_embed``.
+    """
+    if entry.kind != "embedding" or entry.tied or flow is None or flow.reads_input(mname) is not False:
+        return
+    entry.scheme, entry.params = "trunc_normal", dict(POSITION_DEFAULT)
+    entry.fan_in = entry.fan_out = None
+    entry.label = "auto: trunc_normal(std=0.02) (position table)"
+    entry.note = (
+        "indexed by positions or a constant, not by the input: the position-embedding default of BERT, GPT-2, "
+        "ViT/DeiT (as for a free pos_embed)"
+    )
 
 
 def _is_output_layer(flow: DataFlow | None, name: str) -> bool:
@@ -950,26 +997,46 @@ def _tie(
     readout_layers: set[str],
     summed_embeddings: set[str],
     raw: bool,
+    stream: bool,
 ) -> None:
     """Under ``auto``: a tensor tied between an embedding and an output layer gets one scheme right for both roles.
 
-    Its embedding output normalized before any layer (transformers): the readout, std ``1/d`` (the embedding role
-    is scale-free). Its embedding output feeding a layer as it is (an RNN LM): Xavier on ``(d, vocab)``, a
-    compromise that keeps both the RNN's input and the logits at a moderate scale.
+    Its embedding output normalized before any layer: in a transformer whose blocks add to the stream at init
+    (``stream``), small init (the embedding is the residual stream the blocks add to, so it gets the blocks' scale;
+    the logits start at std ``sqrt(2/5)``); elsewhere the readout, std ``1/d`` (with every branch's end zero, the
+    stream is the embedding alone: at small init the logit of the input token itself, ``|e|^2 / rms(e) = d x std``,
+    would be ``sqrt(2d/5)``, 5 at d = 64). Its embedding output feeding a layer as it is (an RNN LM): Xavier on
+    ``(d, vocab)``, a compromise that keeps both the RNN's input and the logits at a moderate scale. Embeddings
+    added to a tied one get its std.
     """
+    tied_here = entry.tied and (
+        (entry.kind == "embedding" and mname in tied_embeddings)
+        or (entry.kind == "weight" and entry.report and mname in readout_layers)
+    )
     if raw and ((entry.kind == "embedding" and mname in tied_embeddings) or mname in readout_layers) and entry.tied:
         entry.scheme, entry.params = "xavier_normal", {"gain": 1.0}
         entry.label = "auto: xavier_normal (tied embedding + output)"
         entry.fan_in, entry.fan_out = int(entry.tensor.shape[1]), int(entry.tensor.shape[0])
         entry.note = "tied: its embedding output feeds a layer unnormalized, so Xavier serves both roles"
+    elif tied_here and stream:
+        d = int(entry.tensor.shape[1])  # (vocab, d) for the embedding and for a Linear readout alike
+        entry.scheme, entry.params = "normal", {"mean": 0.0, "std": small_init_std(d)}
+        entry.label = f"auto: small_init (tied embedding + output, transformer, d={d})"
+        entry.fan_in, entry.fan_out = d, int(entry.tensor.shape[0])
+        entry.note = (
+            f"tied, in a transformer: the embedding is the residual stream the blocks add to, so small init "
+            f"sqrt(2/(5 x {d})) like the blocks (the readout's 1/d is {math.sqrt(0.4 * d):.3g}x smaller and leaves "
+            "the input token far below the blocks' outputs); the logits start at std sqrt(2/5): loss at init "
+            "ln(vocab) + 0.2"
+        )
     elif entry.kind == "embedding" and mname in tied_embeddings and entry.tied:
         entry.scheme, entry.params, entry.label = READOUT, {}, "auto: readout N(0, 1/d^2) (tied embedding + output)"
         entry.fan_in, entry.fan_out = int(entry.tensor.shape[1]), int(entry.tensor.shape[0])
         entry.note = "tied: one tensor for the embedding and the output layer; the readout keeps the logits near 0"
     elif entry.kind == "embedding" and mname in summed_embeddings:
         d = int(entry.tensor.shape[1])
-        entry.params = {"mean": 0.0, "std": 1.0 / d}
-        entry.label = "auto: normal(std=1/d) (added to a tied embedding)"
+        entry.params = {"mean": 0.0, "std": small_init_std(d) if stream else 1.0 / d}
+        entry.label = f"auto: normal(std={'sqrt(2/(5d))' if stream else '1/d'}) (added to a tied embedding)"
         entry.note = "added to the tied embedding's output: the same std, so neither dominates the sum"
     elif entry.kind == "weight" and entry.report and mname in readout_layers and entry.tied:
         entry.scheme, entry.params, entry.label = READOUT, {}, "auto: readout N(0, 1/fan_in^2) (tied output)"

@@ -98,3 +98,32 @@ def test_gpt2_data_flow():
     assert flow.split_into("transformer.h.1.attn.c_attn") == 3
     last = [r.last_layer for r in flow.residuals()]
     assert last == [f"transformer.h.{i}.{p}.c_proj" for i in range(2) for p in ("attn", "mlp")]
+
+
+class PositionTables(nn.Module):
+    """Token, position (``arange``) and segment tables (a constant buffer; ``zeros_like``), summed: BERT's layout."""
+
+    def __init__(self):
+        super().__init__()
+        self.tok, self.pos = nn.Embedding(10, 4), nn.Embedding(6, 4)
+        self.seg, self.seg2 = nn.Embedding(2, 4), nn.Embedding(2, 4)
+        self.register_buffer("segments", torch.zeros(1, 5, dtype=torch.long))
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        positions = torch.arange(x.shape[1], device=x.device)
+        h = self.tok(x) + self.pos(positions) + self.seg(self.segments) + self.seg2(torch.zeros_like(x))
+        return self.head(self.tok(x.flip(1)) + h)
+
+
+@pytest.mark.parametrize("build", ["traced", "symbolic"])
+def test_reads_input_tells_position_tables_from_the_content_table(build):
+    m = PositionTables()
+    x = torch.randint(0, 10, (2, 5))
+    flow = trace(m, x) if build == "traced" else symbolic(m)
+    assert flow.reads_input("tok") is True
+    assert flow.reads_input("pos") is False  # arange(x.shape[1]): a shape query is not the input's values
+    assert flow.reads_input("seg") is False
+    assert flow.reads_input("seg2") is False  # zeros_like(x): the input's shape, not its values
+    assert flow.reads_input("head") is True
+    assert flow.reads_input("missing") is None

@@ -97,7 +97,7 @@ def test_loss_at_init_is_chance(name, classes):
     if name == "gpt2":
         (row,) = [r for r in report.rows if r.layer == "net.transformer.wte.weight"]
         assert row.tied == ("net.lm_head.weight",)  # one row, every name
-        assert row.expected_std == pytest.approx(1 / 64)
+        assert row.expected_std == pytest.approx(math.sqrt(2 / (5 * 64)))  # tied in a transformer: small init
 
 
 def test_gpt2_conv1d_fans_without_and_with_a_traced_forward():
@@ -177,7 +177,39 @@ def test_bert_embeddings_normalized_get_small_init_and_unnormalized_ones_keep_th
     rows = {r.layer: r for r in _auto(te).rows}
     assert rows["net.embed.weight"].expected_std == 1.0  # fed to attention unnormalized: torch's default
     gpt2 = {r.layer: r for r in _auto(_build("gpt2")).rows}
-    assert gpt2["net.transformer.wte.weight"].expected_std == pytest.approx(1 / 64)  # tied: the readout wins
+    assert gpt2["net.transformer.wte.weight"].expected_std == pytest.approx(small)  # tied: the stream's scale
+
+
+def _trunc_std(std: float, a: float, b: float) -> float:
+    """The std of N(0, std) truncated to [a, b] (scipy as the independent reference)."""
+    from scipy.stats import truncnorm
+
+    return float(truncnorm(a / std, b / std, scale=std).std())
+
+
+@pytest.mark.parametrize(
+    ("name", "tables", "content"),
+    [
+        ("bert", ("position_embeddings", "token_type_embeddings"), "net.bert.embeddings.word_embeddings"),
+        ("gpt2", ("wpe",), "net.transformer.wte"),
+        ("transformer_encoder", ("pos",), "net.embed"),
+    ],
+)
+def test_tables_indexed_by_positions_get_the_position_embedding_default(name, tables, content):
+    model = _build(name)
+    rows = {r.layer: r for r in _auto(model).rows}
+    modules = dict(model.named_modules())
+    trunc = _trunc_std(0.02, -0.04, 0.04)  # 0.0176: timm's trunc_normal_(pos_embed, std=.02), as a free pos_embed
+    for table in tables:
+        (full,) = [n for n in modules if n.endswith(f".{table}")]
+        row = rows[f"{full}.weight"]
+        assert row.scheme == "auto: trunc_normal(std=0.02) (position table)", full
+        assert row.expected_std == pytest.approx(trunc, rel=1e-3), full
+        w = modules[full].weight.detach()
+        assert float(w.abs().max()) <= 0.04
+        if w.numel() >= 2048:
+            assert _std(w) == pytest.approx(trunc, rel=0.1), full
+    assert "position table" not in rows[f"{content}.weight"].scheme  # indexed by the input: the content table
 
 
 def test_attention_found_from_a_score_product_fed_to_a_softmax():
@@ -313,3 +345,17 @@ def test_activation_monitor_sees_hf_activation_modules(name, act):
     run = cached_run(name)
     tags = EventAccumulator(str(run.log_dir)).Reload().Tags()["scalars"]
     assert f"activation_std/{act}" in tags
+
+
+@pytest.mark.parametrize("residual", ["none", "scaled", "zero_last_norm", "fixup"])
+def test_gpt2_loss_at_init_is_chance_under_every_residual_preset(residual):
+    # fixup zeroes every branch's end: the stream is the tied embedding alone, and at small init the logit of the
+    # input token itself (d x std = sqrt(2d/5) = 5.1) would put the loss 20 % above ln(vocab)
+    model = _build("gpt2")
+    rows = {r.layer: r for r in _auto(model, residual=residual).rows}
+    x, y = next(iter(ZOO["gpt2"].data(0, 1)))
+    with torch.no_grad():
+        loss = model.eval().loss((x, y)).item()
+    assert loss == pytest.approx(math.log(100), rel=0.10)
+    std = rows["net.transformer.wte.weight"].expected_std
+    assert std == pytest.approx(1 / 64 if residual == "fixup" else math.sqrt(2 / (5 * 64)))

@@ -103,6 +103,26 @@ def _flagged_by_deeper_median(norms, ratio, below=True):
     return out
 
 
+def test_deeper_median_equals_statistics_median_of_the_deeper_usable_rows():
+    """The O(n log n) suffix medians of the gradient depth profile against ``statistics.median`` of each suffix."""
+    import numpy as np
+
+    from lightning_init.health.rules import _deeper_median
+
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        n = int(rng.integers(0, 30))
+        values = rng.choice([0.5, 1.0, 2.0], n) if trial % 2 else rng.lognormal(size=n)  # ties, then none
+        groups, usable = rng.integers(0, 3, n), rng.random(n) > 0.3
+        got = _deeper_median(values, groups, usable)
+        for i in range(n):
+            deeper = [values[j] for j in range(i + 1, n) if groups[j] == groups[i] and usable[j]]
+            if deeper:
+                assert got[i] == statistics.median(deeper), (trial, i)
+            else:
+                assert math.isnan(got[i]), (trial, i)
+
+
 def test_vanishing_grads_by_depth_profile():
     # normal(std=0.01), width 256: gain 0.01 * sqrt(256 / 2) = 0.113 per layer, for weight and bias gradients alike
     # (a weight's gradient is its bias's times the input's scale, here 10).

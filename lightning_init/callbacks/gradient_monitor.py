@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
@@ -44,7 +45,7 @@ from lightning_init.health import (
     profile_of,
 )
 from lightning_init.hooks import OutputGradRecorder, original_name
-from lightning_init.reduce import local_moments, merge_moments, moment_order
+from lightning_init.reduce import local_moments, merge_moment_rows, moment_rank
 from lightning_init.sharded import local_tensor
 from lightning_init.stats import (
     DEFAULT_GRAD_STATS,
@@ -309,21 +310,17 @@ class GradientMonitor(_LayerMonitor):
         skipped, scale = (host["amp"][0] > 0, host["amp"][1]) if amp is not None else (False, 1.0)
         scale *= trainer.world_size
         processes, watched, width = moments.shape
-        flat = host["moments"]
-        parts = [
-            [flat[(p * watched + i) * width : (p * watched + i + 1) * width] for i in range(watched)]
-            for p in range(processes)
-        ]
-        index = {n: i for i, n in enumerate(names)}
+        arr = np.asarray(host["moments"], dtype=np.float64).reshape(processes, watched, width)
+        merged = merge_moment_rows(arr)
+        numel = np.where(arr[..., 0] > 0, arr[..., 0], 0.0).sum(axis=0).tolist()
+        mean, std = merged["mean"].tolist(), merged["std"].tolist()
+        abs_max, nonfinite = (merged["abs_max"] / scale).tolist(), merged["nonfinite"].tolist()
         table: Table = {}
-        for n in moment_order(names, parts):
-            rows = [part[index[n]] for part in parts]
-            full = merge_moments(rows, bounded=False)
-            numel = sum(r[0] for r in rows)
-            table[n] = {
-                **output_grad_stats(numel, full["mean"], full["std"], scale=scale),
-                "abs_max": full["abs_max"] / scale,
-                "nonfinite": full["nonfinite"],
+        for i in moment_rank(arr).tolist():
+            table[names[i]] = {
+                **output_grad_stats(numel[i], mean[i], std[i], scale=scale),
+                "abs_max": abs_max[i],
+                "nonfinite": nonfinite[i],
             }
         if table:
             self._on_backprop_table(trainer, table, step, judge=not skipped)

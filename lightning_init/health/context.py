@@ -131,7 +131,8 @@ def activation_context(
     norms = frozenset(n for n in order if n in modules and nonlinearities.get(n) is None and is_norm(modules[n]))
     embeddings = frozenset(n for n in order if isinstance(modules.get(n), (nn.Embedding, nn.EmbeddingBag)))
     layers = [n for n in order if nonlinearities.get(n) is None and n not in norms and n not in embeddings]
-    renormalized = frozenset(a for a, b in itertools.pairwise(order) if a in layers and b in norms)
+    layer_set = frozenset(layers)
+    renormalized = frozenset(a for a, b in itertools.pairwise(order) if a in layer_set and b in norms)
     output = layers[-1] if layers else None
     classes = classes_of(modules[output]) if output is not None and output in modules else None
     return Context(

@@ -29,6 +29,7 @@ are what ``nonfinite`` reports).
 
 from __future__ import annotations
 
+import heapq
 import math
 import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -664,23 +665,45 @@ def _column(rows: Sequence[Mapping[str, float]], stat: str) -> np.ndarray:
     return np.array([float(r[stat]) if r.get(stat) is not None else math.nan for r in rows], dtype=np.float64)
 
 
+def _suffix_medians(pool: np.ndarray) -> np.ndarray:
+    """``out[k]`` = ``np.median(pool[k:])`` for every ``k``, in O(n log n): two heaps filled from the end.
+
+    ``lower`` (a max-heap, negated) holds the smaller half, ``upper`` the larger; an even count's median is the mean
+    of their tops, as ``np.median`` computes it.
+    """
+    out = np.empty(len(pool))
+    lower: list[float] = []
+    upper: list[float] = []
+    for k in range(len(pool) - 1, -1, -1):
+        v = float(pool[k])
+        if lower and v > -lower[0]:
+            heapq.heappush(upper, v)
+        else:
+            heapq.heappush(lower, -v)
+        if len(lower) > len(upper) + 1:
+            heapq.heappush(upper, -heapq.heappop(lower))
+        elif len(upper) > len(lower):
+            heapq.heappush(lower, -heapq.heappop(upper))
+        out[k] = -lower[0] if len(lower) > len(upper) else (-lower[0] + upper[0]) / 2.0
+    return out
+
+
 def _deeper_median(values: np.ndarray, groups: np.ndarray, usable: np.ndarray) -> np.ndarray:
     """Per row, the median of ``values`` over the usable rows of its group that come after it (deeper, in table
     order), NaN for the deepest. A median: one tiny (or huge) parameter deep in the net moves the reference of the
-    layers before it by at most one rank, so it cannot flag all of them.
+    layers before it by at most one rank, so it cannot flag all of them. O(n log n) per group (suffix medians).
     """  # noqa: D205
     out = np.full(values.shape, math.nan)
     for g in dict.fromkeys(groups.tolist()):
         idx = np.flatnonzero((groups == g) & usable)
-        pool = values[idx]
-        for k in range(len(idx) - 1):
-            out[idx[k]] = float(np.median(pool[k + 1 :]))
-        if len(idx):  # rows of the group that are not usable themselves still get the reference of their depth
-            rest = np.flatnonzero((groups == g) & ~usable)
-            after = np.searchsorted(idx, rest, side="right")
-            for r, a in zip(rest, after, strict=True):
-                if a < len(idx):
-                    out[r] = float(np.median(pool[a:]))
+        if not len(idx):
+            continue
+        # suffix[k] = median of pool[k:], with suffix[len] = NaN: a usable row k gets suffix[k + 1]; a row that is not
+        # usable itself gets the reference of its depth, the median of the usable rows after it
+        suffix = np.append(_suffix_medians(values[idx]), math.nan)
+        out[idx] = suffix[1:]
+        rest = np.flatnonzero((groups == g) & ~usable)
+        out[rest] = suffix[np.searchsorted(idx, rest, side="right")]
     return out
 
 

@@ -34,7 +34,6 @@ def grad_table(weight_norms, bias_norms):
     for layer, w, b in zip(mlp_names(len(weight_norms)), weight_norms, bias_norms, strict=True):
         table[f"{layer}.weight"] = {"norm": w, "nonfinite": 0.0, "abs_max": w / 10}
         table[f"{layer}.bias"] = {"norm": b, "nonfinite": 0.0, "abs_max": b / 10}
-    table["total"] = {"norm": math.sqrt(sum(w * w + b * b for w, b in zip(weight_norms, bias_norms, strict=True)))}
     return table
 
 
@@ -193,8 +192,11 @@ def test_exploding_grads_ceiling_and_growth():
     assert not any(f.rule == "vanishing_grad" for f in found)
 
 
-def test_grad_rules_skip_missing_stats_and_total():
-    assert check_grads({"a.weight": {"mean": 0.0}, "total": {"norm": 1e30}}, step=0) == []
+def test_grad_rules_skip_missing_stats_and_a_parameter_named_total_is_a_parameter():
+    assert check_grads({"a.weight": {"mean": 0.0}}, step=0) == []
+    # no row stands for the global norm (it is the metric grad_norm/total): a parameter named "total" is judged
+    found = check_grads({"a.weight": {"norm": 1.0, "nonfinite": 0.0}, "total": {"norm": 1.0, "nonfinite": 3.0}}, step=0)
+    assert [(f.rule, f.layers) for f in found] == [("nonfinite", ("total",))]
 
 
 def test_nonfinite_grads_only_nonfinite_rule():

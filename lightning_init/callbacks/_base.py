@@ -461,10 +461,6 @@ class _LayerMonitor(Callback):
 
     # ------------------------------------------------------------------ the seam
 
-    def _row_tag(self, name: str) -> str:
-        """The tag suffix of a table row (the row's name; see ``GradientMonitor``'s total row)."""
-        return name
-
     def _on_table(
         self,
         trainer: "pl.Trainer",
@@ -488,9 +484,8 @@ class _LayerMonitor(Callback):
             if cached is None or cached[0] is not order or cached[1] != names:
                 cached = self._flow_rows = (order, names, in_flow_order(names, order))
             table = {name: table[name] for name in cached[2]}
-        tags = {name: self._row_tag(name) for name in table}
         metrics = {
-            prefix + tags[name]: value
+            prefix + name: value
             for stat in self.stats
             for prefix in (f"{self.kind}_{stat}/",)
             for name, row in table.items()
@@ -510,7 +505,7 @@ class _LayerMonitor(Callback):
                 step,
                 judged,
                 profile=profile_of(self.kind, table, nls, roles=context.roles),
-                layers=[n for n in table if n != "total"],
+                layers=list(table),
             )
             counts = self._tracker.scalars()
             if not any("underflow" in row or "overflow" in row for row in table.values()):

@@ -218,7 +218,6 @@ class GradientMonitor(_LayerMonitor):
             },
             base_thresholds=thresholds,
         )
-        self._total_tag = "total"
         self._warned_skipped = False
         #: ``output_grad`` is measured by backward hooks, not from ``.grad``: kept apart from the parameter stats.
         self.output_grad = "output_grad" in self.stats
@@ -369,10 +368,6 @@ class GradientMonitor(_LayerMonitor):
         self._backprop_step = None
 
     @override
-    def _row_tag(self, name: str) -> str:
-        return self._total_tag if name == "total" else name
-
-    @override
     def _watch_names(self, pl_module: "pl.LightningModule", *, trainable_only: bool = True) -> list[str]:
         return [n for n, p in self._watched_parameters(pl_module) if p.requires_grad or not trainable_only]
 
@@ -406,7 +401,7 @@ class GradientMonitor(_LayerMonitor):
         """The gradients of optimizer step ``k``: one table (one transfer), judged and logged; histograms."""
         optimizers = list(trainer.optimizers)
         position = next((i for i, o in enumerate(optimizers) if o is optimizer), 0)
-        self._total_tag = "total" if len(optimizers) <= 1 else f"total_optimizer_{position}"
+        total_tag = "grad_norm/total" if len(optimizers) <= 1 else f"grad_norm/total_optimizer_{position}"
         amp = amp_state(trainer, optimizer) if scalars else None
         in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
         named = [
@@ -466,13 +461,13 @@ class GradientMonitor(_LayerMonitor):
                         continue
                     row = [host[c][i] for c in ("_hu", "_ho", "_hmax", "_hmin")]
                     table[name].update({s: v for s, v in headroom_stats([row], g.numel()).items() if s in headroom})
-            if "norm" in wanted and names:
-                table["total"] = {"norm": total_norm(host["norm"])}
-            amp_metrics: dict[str, float] = {}
+            # the global norm is a metric of the step, not a row of the table (no parameter stands for it)
+            logged_norm = "norm" in self.stats and names
+            step_metrics: dict[str, float] = {total_tag: total_norm(host["norm"])} if logged_norm else {}
             skipped = False
             if amp is not None:
                 skipped = host["_found_inf"][0] > 0
-                amp_metrics = {"amp/skipped_step": float(skipped), "amp/loss_scale": host["_loss_scale"][0]}
+                step_metrics.update({"amp/skipped_step": float(skipped), "amp/loss_scale": host["_loss_scale"][0]})
                 if skipped and not self._warned_skipped:
                     self._warned_skipped = True
                     rank_zero_info(
@@ -482,7 +477,7 @@ class GradientMonitor(_LayerMonitor):
                         "gradients."
                     )
             self._parameter_context(pl_module, named)
-            self._on_table(trainer, pl_module, table, k, extra_metrics=amp_metrics, judge=not skipped)
+            self._on_table(trainer, pl_module, table, k, extra_metrics=step_metrics, judge=not skipped)
         if histograms:
             self._log_histograms(trainer, names, hists, k)
             self._log_backprop_heatmap(trainer, k)

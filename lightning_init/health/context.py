@@ -58,7 +58,7 @@ def in_flow_order(names: Sequence[str], order: Sequence[str]) -> list[str]:
     """``names`` (modules, or parameters ``{module}.{name}``) sorted by their module's position in ``order``.
 
     A name belongs to the longest dotted prefix of it that ``order`` holds (``attn.out_proj.weight`` to an atomic
-    ``attn``); a name with none (a free parameter such as ``cls_token``, the ``total`` row) stays right after the
+    ``attn``); a name with none (a free parameter such as ``cls_token``) stays right after the
     name before it. Names of one module keep their order (stable).
     """
     rank = {name: i for i, name in enumerate(order)}

@@ -891,10 +891,10 @@ def frame(
     nonlinearities: Mapping[str, str | None] | None = None,
     context: Context | None = None,
 ) -> tuple[list[str], dict[str, np.ndarray]]:
-    """The rows of ``table`` (``total`` excluded) and every column the rule table reads, as numpy arrays."""
+    """The rows of ``table`` and every column the rule table reads, as numpy arrays."""
     t = thresholds or HealthThresholds()
     ctx = context or Context()
-    names = [n for n in table if not (kind == "grad" and n == "total")]
+    names = list(table)
     rows = [table[n] for n in names]
     if kind == "weight":
         return names, _weight_frame(names, rows, ctx)
@@ -996,7 +996,7 @@ def check_grads(
     overflow_fraction: float = _BY_NAME["overflow_fraction"].default,
     context: Context | None = None,
 ) -> list[Finding]:
-    """Judge a gradient table ``{parameter: {stat: value}}`` (a ``"total"`` row is ignored): the ``grad`` rows of
+    """Judge a gradient table ``{parameter: {stat: value}}``: the ``grad`` rows of
     :data:`RULE_TABLE` (``nonfinite``, ``grad_zero`` information, ``exploding_grad``, ``vanishing_grad``).
     """  # noqa: D205
     t = _thresholds(

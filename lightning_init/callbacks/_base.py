@@ -495,8 +495,8 @@ class _LayerMonitor(Callback):
         findings: list[Finding] = []
         fresh: list[Finding] = []
         if self._tracker is not None and judge:
-            nls = self._nonlinearities()
             context = self._health_context(pl_module, table)
+            nls = context.nonlinearities or None  # activation tables: module -> nonlinearity
             judged = self._tracker.confirm(
                 self.thresholds.check(self.kind, table, step=step, nonlinearities=nls, context=context)
             )
@@ -552,10 +552,6 @@ class _LayerMonitor(Callback):
         if self.health and key != self._context_key:
             self._context = parameter_context(pl_module, named)
             self._context_key = key
-
-    def _nonlinearities(self) -> Mapping[str, str | None] | None:
-        """Module name -> nonlinearity of the rows of the last table (activations only)."""
-        return None
 
     def _log_histograms(
         self, trainer: "pl.Trainer", names: Sequence[str], hists: Sequence[HostHistogram | None], step: int

@@ -217,8 +217,6 @@ class ActivationMonitor(_LayerMonitor):
         self._recording_scalars = False
         self._recording_histograms = False
         self._warned_compiled = False
-        #: Module name -> nonlinearity name (None for parameterized layers) of the modules of the last table.
-        self.nonlinearities: dict[str, str | None] = {}
         #: Floats of unit means in the collective (the same on every process: agreed from the gathered layouts).
         self._signal_capacity = SIGNAL_CAPACITY
         # the watched modules of the last selection and the key it was made for (the module tree, the filters, the
@@ -273,10 +271,6 @@ class ActivationMonitor(_LayerMonitor):
     def _release(self) -> None:
         self._recorder.clear()
         self._recording = None
-
-    @override
-    def _nonlinearities(self) -> Mapping[str, str | None] | None:
-        return self.nonlinearities
 
     @override
     def on_train_batch_start(
@@ -397,14 +391,14 @@ class ActivationMonitor(_LayerMonitor):
         plain = [s for s in wanted if s != "saturation"]
         nls = self._watched_nonlinearities
         table: Table = {}
-        self.nonlinearities = {}
+        nonlinearities: dict[str, str | None] = {}
         for i in moment_rank(arr).tolist():
             n = names[i]
             row = {s: columns[s][i] for s in plain}
             if "saturation" in columns and rec.bounded.get(n, False):
                 row["saturation"] = columns["saturation"][i]
             table[n] = row
-            self.nonlinearities[n] = nls.get(n)
+            nonlinearities[n] = nls.get(n)
         numels = rec.numels
         for i, n in enumerate(headroom_names):  # this process's outputs
             if n in table:
@@ -416,7 +410,7 @@ class ActivationMonitor(_LayerMonitor):
         rec.reset()
         if self.health:
             modules = self._watched_by_name
-            self._context = activation_context(modules, list(table), self.nonlinearities, loss=step_loss)
+            self._context = activation_context(modules, list(table), nonlinearities, loss=step_loss)
         if self._recording_scalars and table:
             self._on_table(trainer, pl_module, table, step)
         if hist_names:

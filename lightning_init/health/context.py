@@ -136,7 +136,13 @@ def activation_context(
     output = layers[-1] if layers else None
     classes = classes_of(modules[output]) if output is not None and output in modules else None
     return Context(
-        norms=norms, renormalized=renormalized, output=output, classes=classes, loss=loss, embeddings=embeddings
+        norms=norms,
+        renormalized=renormalized,
+        output=output,
+        classes=classes,
+        loss=loss,
+        embeddings=embeddings,
+        nonlinearities=dict(nonlinearities),
     )
 
 

@@ -183,6 +183,8 @@ class Context:
         warmup: parameter names whose adaptive optimizer is in its first ``1 / (1 - beta)`` steps (Adam's bias
             correction makes the first update ``lr`` per element whatever the gradient; RMSprop's second moment
             starts at 0): their update is not judged "too large" yet.
+        nonlinearities: module name -> its nonlinearity (:func:`lightning_init.activations.nonlinearity_of`;
+            ``None`` for layers and norms) of the rows of an activation table.
     """
 
     roles: Mapping[str, Role] = field(default_factory=dict)
@@ -194,6 +196,7 @@ class Context:
     loss: float | None = None
     embeddings: frozenset[str] = frozenset()
     warmup: frozenset[str] = frozenset()
+    nonlinearities: Mapping[str, str | None] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------------- the table

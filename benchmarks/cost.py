@@ -151,11 +151,29 @@ def build_models(args: argparse.Namespace) -> list[Model]:
                 (x, y),
             )
         )
-    if "resnet" in args.models:
-        x, y = next(iter(zoo_data.images(seed=0, steps=1, batch_size=args.image_batch)))
+    if "resnet18" in args.models:
+        # the case: a real ResNet-18 (widths 64-512, the zoo's CIFAR-style ResNet class), 32x32 images
+        size, widths = args.resnet_image_size, tuple(args.resnet_widths)
+        x = torch.randn(args.resnet_batch, zoo_data.IMAGE_CHANNELS, size, size, generator=g)
+        y = torch.randint(0, zoo_data.IMAGE_CLASSES, (args.resnet_batch,), generator=g)
+
+        def resnet18() -> pl.LightningModule:
+            net = zoo_models.ResNet((2, 2, 2, 2), widths)
+            return zoo_models.ZooModule(net, task="classify", optimizer="sgd", lr=0.05, example_input_array=x[:2])
+
         out.append(
             Model(
                 "resnet18",
+                f"ResNet-18 [2,2,2,2] widths {'-'.join(map(str, widths))}, {tuple(x.shape)} images",
+                resnet18,
+                (x, y),
+            )
+        )
+    if "resnet_tiny" in args.models:
+        x, y = next(iter(zoo_data.images(seed=0, steps=1, batch_size=args.image_batch)))
+        out.append(
+            Model(
+                "resnet_tiny",
                 f"tests.zoo ResNet-18 layout [2,2,2,2] widths 8-64, {tuple(x.shape)} images",
                 zoo_models.build_resnet,
                 (x, y),
@@ -404,7 +422,13 @@ def print_table(rows: list[Row]) -> None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--models", nargs="*", choices=["mlp", "resnet", "gpt2"], default=["mlp", "resnet", "gpt2"])
+    p.add_argument(
+        "--models",
+        nargs="*",
+        choices=["mlp", "resnet18", "resnet_tiny", "gpt2"],
+        default=["mlp", "resnet18", "gpt2"],
+        help="resnet18: the issue's ResNet-18 (widths 64-512, 32x32, batch 16); resnet_tiny: the zoo's (widths 8-64)",
+    )
     p.add_argument("--repeats", type=int, default=3, help="interleaved repeats")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps at the start of each fit")
     p.add_argument("--steps", type=int, default=20, help="timed steps of the every-step runs")
@@ -414,7 +438,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--mlp-depth", type=int, default=20)
     p.add_argument("--mlp-width", type=int, default=512)
     p.add_argument("--mlp-batch", type=int, default=256)
-    p.add_argument("--image-batch", type=int, default=32)
+    p.add_argument("--image-batch", type=int, default=32, help="resnet_tiny's batch")
+    p.add_argument("--resnet-batch", type=int, default=16)
+    p.add_argument("--resnet-image-size", type=int, default=32)
+    p.add_argument("--resnet-widths", nargs=4, type=int, default=[64, 128, 256, 512])
     p.add_argument("--token-batch", type=int, default=16)
     p.add_argument("--rss-steps", type=int, default=5000, help="0: skip")
     p.add_argument("--rss-width", type=int, default=64)
@@ -430,6 +457,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             mlp_width=16,
             mlp_batch=8,
             image_batch=2,
+            resnet_batch=2,
+            resnet_image_size=8,
+            resnet_widths=[4, 8, 8, 8],
             token_batch=2,
             rss_steps=100,
             rss_width=8,

@@ -38,6 +38,7 @@ from __future__ import annotations
 import math
 from collections.abc import Collection, Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -46,11 +47,14 @@ __all__ = [
     "PARAM_COLUMNS",
     "call_moments",
     "local_moments",
+    "MERGED_STATS",
     "merge_column_extremes",
+    "merge_moment_rows",
     "merge_moments",
     "merge_norms",
     "merge_param_moments",
     "moment_order",
+    "moment_rank",
 ]
 
 #: Columns of the per-module moment table exchanged between processes.
@@ -163,54 +167,88 @@ def call_moments(
     )
 
 
+#: The statistics :func:`merge_moment_rows` returns, one column each.
+MERGED_STATS: tuple[str, ...] = ("mean", "std", "signal_std", "abs_max", "zero_fraction", "saturation", "nonfinite")
+
+
+def merge_moment_rows(parts: Sequence[Sequence[Sequence[float]]] | np.ndarray) -> dict[str, np.ndarray]:
+    """Merge every module's moment rows from several processes (host side, vectorized over modules and processes).
+
+    ``parts[p][i]`` is process ``p``'s :data:`MOMENT_COLUMNS` row of module ``i`` (``[processes, modules, columns]``).
+    Returns one float64 column (``[modules]``) per statistic of :data:`MERGED_STATS`: ``mean``, ``std`` (unbiased over
+    all elements; 0 for one element), ``signal_std`` (the pooled within-unit std across the samples,
+    :func:`lightning_init.stats.activation_row`), ``abs_max`` (NaN wins), ``zero_fraction``, ``saturation`` (meaningful
+    for bounded activations only) and ``nonfinite``. Rows no process saw an element of are NaN throughout. Parts
+    with ``numel = 0`` are left out; the means and squared deviations merge with Chan et al.'s parallel formula (one
+    process: its own row, exactly).
+    """
+    p = np.asarray(parts, dtype=np.float64)
+    if p.ndim != 3:
+        raise ValueError(f"parts: expected [processes, modules, columns], got shape {p.shape}")
+    numel = p[..., 0]
+    valid = numel > 0
+    n = np.where(valid, numel, 0.0)
+    total = n.sum(axis=0)
+    seen = total > 0
+
+    def summed(column: int) -> np.ndarray:
+        return np.where(valid, p[..., column], 0.0).sum(axis=0)
+
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        if p.shape[0] == 1:
+            mean, m2 = p[0, :, 1].copy(), p[0, :, 2] * p[0, :, 2]
+        else:
+            mu = np.where(valid, p[..., 1], 0.0)
+            mean = (n * mu).sum(axis=0) / total
+            dev = p[..., 2]
+            m2 = np.where(valid, dev * dev + n * (mu - mean) ** 2, 0.0).sum(axis=0)
+        std = np.where(total > 1, np.sqrt(m2 / (total - 1.0)), 0.0)
+        nan_max = (valid & np.isnan(p[..., 3])).any(axis=0)
+        amax = np.where(nan_max, math.nan, np.maximum(np.where(valid, p[..., 3], 0.0).max(axis=0), 0.0))
+        if p.shape[2] >= 10:
+            ss = np.where(valid, p[..., 8] * p[..., 8], 0.0).sum(axis=0)
+            dof = summed(9)
+            signal = np.where(dof > 0, np.sqrt(ss / dof), math.nan)
+        else:
+            signal = np.full(total.shape, math.nan)
+        out = {
+            "mean": mean,
+            "std": std,
+            "signal_std": signal,
+            "abs_max": amax,
+            "zero_fraction": summed(4) / total,
+            "saturation": summed(5) / total,
+            "nonfinite": summed(6),
+        }
+    return {k: np.where(seen, v, math.nan) for k, v in out.items()}
+
+
 def merge_moments(parts: Sequence[Sequence[float]], *, bounded: bool) -> dict[str, float]:
     """Merge one module's moment rows from several processes (host side) into its statistics.
 
-    Returns ``mean``, ``std`` (unbiased over all elements), ``signal_std`` (the pooled within-unit std across the
-    samples, :func:`lightning_init.stats.activation_row`), ``abs_max``, ``zero_fraction``, ``nonfinite`` and, for a
-    ``bounded`` activation, ``saturation``; NaN statistics when no process saw an element.
+    Returns ``mean``, ``std`` (unbiased over all elements), ``signal_std``, ``abs_max``, ``zero_fraction``,
+    ``nonfinite`` and, for a ``bounded`` activation, ``saturation``; NaN statistics when no process saw an element
+    (without ``saturation``). One module of :func:`merge_moment_rows`.
     """
-    total = 0.0
-    mean = 0.0
-    m2 = 0.0
-    amax = 0.0
-    zeros = saturated = nonfinite = 0.0
-    signal_ss = signal_dof = 0.0
-    for numel, mu, dev_norm, mx, z, s, nf, *rest in parts:
-        if numel <= 0:
-            continue
-        if len(rest) >= 3:  # order, signal_norm, signal_dof
-            signal_ss += rest[1] * rest[1]
-            signal_dof += rest[2]
-        part_m2 = dev_norm * dev_norm
-        if total == 0:
-            mean, m2 = mu, part_m2
-        else:
-            delta = mu - mean
-            combined = total + numel
-            m2 = m2 + part_m2 + delta * delta * total * numel / combined
-            mean = mean + delta * numel / combined
-        total += numel
-        if math.isnan(mx) or math.isnan(amax):
-            amax = math.nan
-        elif mx > amax:
-            amax = mx
-        zeros += z
-        saturated += s
-        nonfinite += nf
-    if total == 0:
+    merged = merge_moment_rows([[list(row)] for row in parts]) if len(parts) else None
+    if merged is None or not sum(max(float(row[0]), 0.0) for row in parts) > 0:
         return {k: math.nan for k in ("mean", "std", "signal_std", "abs_max", "zero_fraction", "nonfinite")}
-    out = {
-        "mean": mean,
-        "std": math.sqrt(m2 / (total - 1)) if total > 1 and m2 >= 0 else (0.0 if total <= 1 else math.nan),
-        "signal_std": math.sqrt(signal_ss / signal_dof) if signal_dof > 0 else math.nan,
-        "abs_max": amax,
-        "zero_fraction": zeros / total,
-        "nonfinite": nonfinite,
-    }
-    if bounded:
-        out["saturation"] = saturated / total
+    out = {k: float(v[0]) for k, v in merged.items()}
+    if not bounded:
+        del out["saturation"]
     return out
+
+
+def moment_rank(parts: Sequence[Sequence[Sequence[float]]] | np.ndarray) -> np.ndarray:
+    """Indices of the modules that ran on some process, in forward execution order (:func:`moment_order`)."""
+    p = np.asarray(parts, dtype=np.float64)
+    if p.shape[1] == 0:
+        return np.zeros(0, dtype=np.int64)
+    valid = p[..., 0] > 0
+    ran = np.flatnonzero(valid.any(axis=0))
+    first = valid.argmax(axis=0)[ran]
+    position = p[first, ran, 7]
+    return ran[np.lexsort((ran, position, first))]
 
 
 def moment_order(names: Sequence[str], parts: Sequence[Sequence[Sequence[float]]]) -> list[str]:
@@ -219,12 +257,9 @@ def moment_order(names: Sequence[str], parts: Sequence[Sequence[Sequence[float]]
     ``parts[p][i]`` is process ``p``'s moment row of ``names[i]``. Modules are ordered by their first-call position on
     the lowest-ranked process that ran them (process 0's order first), so every process gets the same order.
     """
-    keys = []
-    for i, name in enumerate(names):
-        orders = [(p, rows[i][7]) for p, rows in enumerate(parts) if rows[i][0] > 0]
-        if orders:
-            keys.append((orders[0][0], orders[0][1], i, name))
-    return [name for *_, name in sorted(keys)]
+    if not len(names):
+        return []
+    return [names[i] for i in moment_rank(parts).tolist()]
 
 
 # ------------------------------------------------------------------------------------------ sharded parameters

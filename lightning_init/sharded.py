@@ -31,6 +31,7 @@ same seed holds, for any placement (FSDP2, HSDP, tensor parallel).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -61,7 +62,9 @@ _W = len(PARAM_COLUMNS)
 SpreadKind = Literal["columns", "local", "none"]
 
 
+@functools.cache
 def _dtensor_type() -> type | None:
+    """``DTensor`` (looked up once: every watched tensor asks, every logging step), ``None`` without it."""
     if not torch.distributed.is_available():
         return None
     try:

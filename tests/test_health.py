@@ -34,7 +34,6 @@ def grad_table(weight_norms, bias_norms):
     for layer, w, b in zip(mlp_names(len(weight_norms)), weight_norms, bias_norms, strict=True):
         table[f"{layer}.weight"] = {"norm": w, "nonfinite": 0.0, "abs_max": w / 10}
         table[f"{layer}.bias"] = {"norm": b, "nonfinite": 0.0, "abs_max": b / 10}
-    table["total"] = {"norm": math.sqrt(sum(w * w + b * b for w, b in zip(weight_norms, bias_norms, strict=True)))}
     return table
 
 
@@ -101,6 +100,26 @@ def _flagged_by_deeper_median(norms, ratio, below=True):
         if (n < ratio * ref) if below else (n > ratio * ref):
             out.append(i)
     return out
+
+
+def test_deeper_median_equals_statistics_median_of_the_deeper_usable_rows():
+    """The O(n log n) suffix medians of the gradient depth profile against ``statistics.median`` of each suffix."""
+    import numpy as np
+
+    from lightning_init.health.rules import _deeper_median
+
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        n = int(rng.integers(0, 30))
+        values = rng.choice([0.5, 1.0, 2.0], n) if trial % 2 else rng.lognormal(size=n)  # ties, then none
+        groups, usable = rng.integers(0, 3, n), rng.random(n) > 0.3
+        got = _deeper_median(values, groups, usable)
+        for i in range(n):
+            deeper = [values[j] for j in range(i + 1, n) if groups[j] == groups[i] and usable[j]]
+            if deeper:
+                assert got[i] == statistics.median(deeper), (trial, i)
+            else:
+                assert math.isnan(got[i]), (trial, i)
 
 
 def test_vanishing_grads_by_depth_profile():
@@ -173,8 +192,11 @@ def test_exploding_grads_ceiling_and_growth():
     assert not any(f.rule == "vanishing_grad" for f in found)
 
 
-def test_grad_rules_skip_missing_stats_and_total():
-    assert check_grads({"a.weight": {"mean": 0.0}, "total": {"norm": 1e30}}, step=0) == []
+def test_grad_rules_skip_missing_stats_and_a_parameter_named_total_is_a_parameter():
+    assert check_grads({"a.weight": {"mean": 0.0}}, step=0) == []
+    # no row stands for the global norm (it is the metric grad_norm/total): a parameter named "total" is judged
+    found = check_grads({"a.weight": {"norm": 1.0, "nonfinite": 0.0}, "total": {"norm": 1.0, "nonfinite": 3.0}}, step=0)
+    assert [(f.rule, f.layers) for f in found] == [("nonfinite", ("total",))]
 
 
 def test_nonfinite_grads_only_nonfinite_rule():

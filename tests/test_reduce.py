@@ -12,6 +12,7 @@ from lightning_init.reduce import (
     exact_signal_std,
     local_moments,
     local_signal,
+    merge_moment_rows,
     merge_moments,
     merge_signal,
     moment_order,
@@ -95,6 +96,41 @@ def test_modules_that_did_not_run_and_the_order_is_the_same_for_every_process():
     assert moment_order(names, [t1, t0]) == ["c", "b", "a"]
     nothing = merge_moments([t0[2]], bounded=False)
     assert all(math.isnan(v) for v in nothing.values())
+
+
+def test_the_whole_table_merges_at_once_like_each_module_from_its_global_batch():
+    """``merge_moment_rows`` over [processes, modules, columns] (modules missing on some processes, NaN outputs)
+    equals, per module, the statistics of everything every process recorded for it; ``moment_order`` follows it."""
+    g = torch.Generator().manual_seed(3)
+    names = ["m0", "m1", "m2", "m3", "m4"]
+    ran = [{"m0", "m1", "m3"}, {"m1", "m2", "m3"}, {"m3", "m1"}]  # m4 runs nowhere; m2 only on process 1
+    data: dict = {n: [] for n in names}
+    tables = []
+    for p, present in enumerate(ran):
+        rows, numels = {}, {}
+        for n in sorted(present, reverse=p % 2 == 1):  # a different call order per process
+            chunks = [torch.relu(torch.randn(k, 6, generator=g) * (1 + p) + p) for k in (3, 8)]
+            if (n, p) == ("m0", 0):
+                chunks[1][0, 0] = math.nan
+            data[n] += chunks
+            rows[n], numels[n] = _record(chunks)
+        tables.append(local_moments(names, rows, numels).tolist())
+    merged = merge_moment_rows(tables)
+    for i, n in enumerate(names):
+        if not data[n]:
+            assert all(math.isnan(col[i]) for col in merged.values()), n
+            continue
+        expected = _reference(torch.cat([c.flatten() for c in data[n]]))
+        for key, value in expected.items():
+            got = float(merged[key][i])
+            if math.isnan(value):
+                assert math.isnan(got), (n, key)
+            else:
+                assert got == pytest.approx(value, rel=1e-5, abs=1e-6), (n, key)
+    order = moment_order(names, tables)
+    assert sorted(order) == ["m0", "m1", "m2", "m3"]  # what ran somewhere, process 0's call order first
+    assert order[:3] == sorted(ran[0])
+    assert order[3] == "m2"
 
 
 def test_huge_activations_survive_a_float32_transfer():

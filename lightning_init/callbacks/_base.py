@@ -252,6 +252,11 @@ class _LayerMonitor(Callback):
         own = {k: v for k, v in dict(thresholds or {}).items() if base_thresholds is None or v != getattr(defaults, k)}
         self.thresholds = (base_thresholds or defaults).replace(**own) if own else (base_thresholds or defaults)
         self._context_key: tuple[int, ...] | None = None
+        # the watched parameters of the last selection and its key (parameter identities and filters), and the
+        # data-flow order of the last table's rows: both reused while the model and its rows stay the same
+        self._watch_params_key: tuple[Any, ...] | None = None
+        self._watch_params: list[tuple[str, nn.Parameter]] = []
+        self._flow_rows: tuple[list[str], tuple[str, ...], list[str]] | None = None
         self._context = Context()
         self._tracker: HealthTracker | None = HealthTracker(self.kind) if health else None
         self._heatmap_step: int | None = None
@@ -317,8 +322,12 @@ class _LayerMonitor(Callback):
 
         Unmaterialized lazy parameters are left out until a forward materializes them.
         """
+        every = list(pl_module.named_parameters())
+        key = (tuple(id(p) for _, p in every), self.module_types, self.include, self.exclude)
+        if key == self._watch_params_key:
+            return list(self._watch_params)
         if not self.module_types:
-            named = [(original_name(n), p) for n, p in pl_module.named_parameters()]
+            named = [(original_name(n), p) for n, p in every]
         else:
             seen: set[int] = set()
             named = []
@@ -331,10 +340,12 @@ class _LayerMonitor(Callback):
                         named.append((original_name(pname), p))
             order = {id(p): i for i, (_, p) in enumerate(pl_module.named_parameters())}
             named.sort(key=lambda item: order.get(id(item[1]), len(order)))
-        # a lazy module's parameters (nn.LazyLinear) exist only after its first forward: skipped until then
-        return [
-            (n, p) for n, p in named if self._selected(n) and not isinstance(p, nn.parameter.UninitializedParameter)
-        ]
+        # a lazy module's parameters (nn.LazyLinear) exist only after its first forward: skipped until then (and the
+        # selection is not kept: materializing keeps the parameter's identity)
+        out = [(n, p) for n, p in named if self._selected(n) and not isinstance(p, nn.parameter.UninitializedParameter)]
+        lazy = any(isinstance(p, nn.parameter.UninitializedParameter) for _, p in every)
+        self._watch_params_key, self._watch_params = (None, []) if lazy else (key, out)
+        return out
 
     @override
     def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
@@ -450,10 +461,6 @@ class _LayerMonitor(Callback):
 
     # ------------------------------------------------------------------ the seam
 
-    def _row_tag(self, name: str) -> str:
-        """The tag suffix of a table row (the row's name; see ``GradientMonitor``'s total row)."""
-        return name
-
     def _on_table(
         self,
         trainer: "pl.Trainer",
@@ -472,10 +479,13 @@ class _LayerMonitor(Callback):
         """
         order = _flow_order(trainer, pl_module)
         if order:  # the depth axis of the profiles and figures: data flow, not registration order
-            table = {name: table[name] for name in in_flow_order(list(table), order)}
-        tags = {name: self._row_tag(name) for name in table}
+            names = tuple(table)
+            cached = self._flow_rows
+            if cached is None or cached[0] is not order or cached[1] != names:
+                cached = self._flow_rows = (order, names, in_flow_order(names, order))
+            table = {name: table[name] for name in cached[2]}
         metrics = {
-            prefix + tags[name]: value
+            prefix + name: value
             for stat in self.stats
             for prefix in (f"{self.kind}_{stat}/",)
             for name, row in table.items()
@@ -485,8 +495,8 @@ class _LayerMonitor(Callback):
         findings: list[Finding] = []
         fresh: list[Finding] = []
         if self._tracker is not None and judge:
-            nls = self._nonlinearities()
             context = self._health_context(pl_module, table)
+            nls = context.nonlinearities or None  # activation tables: module -> nonlinearity
             judged = self._tracker.confirm(
                 self.thresholds.check(self.kind, table, step=step, nonlinearities=nls, context=context)
             )
@@ -495,7 +505,7 @@ class _LayerMonitor(Callback):
                 step,
                 judged,
                 profile=profile_of(self.kind, table, nls, roles=context.roles),
-                layers=[n for n in table if n != "total"],
+                layers=list(table),
             )
             counts = self._tracker.scalars()
             if not any("underflow" in row or "overflow" in row for row in table.values()):
@@ -542,10 +552,6 @@ class _LayerMonitor(Callback):
         if self.health and key != self._context_key:
             self._context = parameter_context(pl_module, named)
             self._context_key = key
-
-    def _nonlinearities(self) -> Mapping[str, str | None] | None:
-        """Module name -> nonlinearity of the rows of the last table (activations only)."""
-        return None
 
     def _log_histograms(
         self, trainer: "pl.Trainer", names: Sequence[str], hists: Sequence[HostHistogram | None], step: int

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor, nn
@@ -43,9 +44,9 @@ from lightning_init.reduce import (
     SIGNAL_CAPACITY,
     exact_signal_std,
     local_signal,
-    merge_moments,
+    merge_moment_rows,
     merge_signal,
-    moment_order,
+    moment_rank,
     signal_capacity,
 )
 from lightning_init.stats import (
@@ -216,10 +217,15 @@ class ActivationMonitor(_LayerMonitor):
         self._recording_scalars = False
         self._recording_histograms = False
         self._warned_compiled = False
-        #: Module name -> nonlinearity name (None for parameterized layers) of the modules of the last table.
-        self.nonlinearities: dict[str, str | None] = {}
         #: Floats of unit means in the collective (the same on every process: agreed from the gathered layouts).
         self._signal_capacity = SIGNAL_CAPACITY
+        # the watched modules of the last selection and the key it was made for (the module tree, the filters, the
+        # compiled regions): a logging step of an unchanged model reuses it instead of classifying every module again
+        self._watch_key: tuple[Any, ...] | None = None
+        self._watch_list: list[tuple[str, nn.Module]] = []
+        self._nonlinearity_cache: dict[str, str | None] = {}
+        self._watched_by_name: dict[str, nn.Module] = {}
+        self._watched_nonlinearities: dict[str, str | None] = {}
 
     _watches = "modules"
 
@@ -241,26 +247,30 @@ class ActivationMonitor(_LayerMonitor):
                 "compiled code, so activations of the modules it runs are not logged (weights and gradients are). "
                 "Monitor activations on an uncompiled run."
             )
+        named = list(pl_module.named_modules())
+        key = (tuple(id(m) for _, m in named), tuple(compiled), self.module_types, self.include, self.exclude)
+        if key == self._watch_key:
+            return self._watch_list
         out = []
-        for name, module in pl_module.named_modules():
+        nonlinearities: dict[str, str | None] = {}
+        for name, module in named:
             if not name or any(r == "" or name == r or name.startswith(f"{r}.") for r in compiled):
                 continue
+            nl = nonlinearity_of(module)
             if self.module_types:
                 keep = _type_matches(module, self.module_types)
             else:
-                keep = nonlinearity_of(module) is not None or next(module.parameters(recurse=False), None) is not None
+                keep = nl is not None or next(module.parameters(recurse=False), None) is not None
             if keep and self._selected(name):
                 out.append((name, module))
+                nonlinearities[name] = nl
+        self._watch_key, self._watch_list, self._nonlinearity_cache = key, out, nonlinearities
         return out
 
     @override
     def _release(self) -> None:
         self._recorder.clear()
         self._recording = None
-
-    @override
-    def _nonlinearities(self) -> Mapping[str, str | None] | None:
-        return self.nonlinearities
 
     @override
     def on_train_batch_start(
@@ -284,6 +294,8 @@ class ActivationMonitor(_LayerMonitor):
     def _start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         watched = self._watched_modules(pl_module)
         self._watched_names = [name for name, _ in watched]
+        self._watched_by_name = dict(watched)
+        self._watched_nonlinearities = self._nonlinearity_cache
         self._recorder.start(watched, histograms=self._recording_histograms, precision=str(trainer.precision))
 
     @override
@@ -361,28 +373,32 @@ class ActivationMonitor(_LayerMonitor):
         host = fetch(cols)  # the one transfer
         processes, rows_per_process, width = moments.shape
         watched = rows_per_process - 1
-        flat = host["moments"]
-        parts = [
-            [flat[(p * rows_per_process + i) * width : (p * rows_per_process + i + 1) * width] for i in range(watched)]
-            for p in range(processes)
-        ]
-        losses = [flat[(p * rows_per_process + watched) * width] for p in range(processes)]
+        arr = np.asarray(host["moments"], dtype=np.float64).reshape(processes, rows_per_process, width)
+        losses = arr[:, watched, 0].tolist()
         step_loss = sum(losses) / len(losses) if losses and all(math.isfinite(v) for v in losses) else None
-        index = {n: i for i, n in enumerate(names)}
-        modules = dict(pl_module.named_modules())
-        table: Table = {}
-        self.nonlinearities = {}
+        arr = arr[:, :watched]
+        merged = merge_moment_rows(arr)
+        wanted = [s for s in self._table_stats if s in merged]
+        signal_std = merged["signal_std"]
         between, units = host.get("signal", []), {i: length for i, _, length in segments}
         if "layout" in host:
             self._signal_capacity = signal_capacity(self._signal_capacity, host["layout"], processes, len(names))
-        for n in moment_order(names, parts):
-            own = [rows[index[n]] for rows in parts]
-            full = merge_moments(own, bounded=rec.bounded.get(n, False))
-            i = index[n]
-            if between and between[2 * i + 1] > 0 and i in units:  # every process: the same layout, exact
-                full["signal_std"] = exact_signal_std(own, between[2 * i], units[i])
-            table[n] = {s: full[s] for s in self._table_stats if s in full}
-            self.nonlinearities[n] = nonlinearity_of(modules[n]) if n in modules else None
+        if between:
+            for i, length in units.items():
+                if between[2 * i + 1] > 0:  # every process: the same layout, exact
+                    signal_std[i] = exact_signal_std(arr[:, i].tolist(), between[2 * i], length)
+        columns = {s: merged[s].tolist() for s in wanted}
+        plain = [s for s in wanted if s != "saturation"]
+        nls = self._watched_nonlinearities
+        table: Table = {}
+        nonlinearities: dict[str, str | None] = {}
+        for i in moment_rank(arr).tolist():
+            n = names[i]
+            row = {s: columns[s][i] for s in plain}
+            if "saturation" in columns and rec.bounded.get(n, False):
+                row["saturation"] = columns["saturation"][i]
+            table[n] = row
+            nonlinearities[n] = nls.get(n)
         numels = rec.numels
         for i, n in enumerate(headroom_names):  # this process's outputs
             if n in table:
@@ -393,7 +409,8 @@ class ActivationMonitor(_LayerMonitor):
         hists = [host_histograms(host[f"c{i}"], host[f"m{i}"], 1, HISTOGRAM_BINS)[0] for i in range(len(hist_names))]
         rec.reset()
         if self.health:
-            self._context = activation_context(modules, list(table), self.nonlinearities, loss=step_loss)
+            modules = self._watched_by_name
+            self._context = activation_context(modules, list(table), nonlinearities, loss=step_loss)
         if self._recording_scalars and table:
             self._on_table(trainer, pl_module, table, step)
         if hist_names:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
@@ -44,7 +45,7 @@ from lightning_init.health import (
     profile_of,
 )
 from lightning_init.hooks import OutputGradRecorder, original_name
-from lightning_init.reduce import local_moments, merge_moments, moment_order
+from lightning_init.reduce import local_moments, merge_moment_rows, moment_rank
 from lightning_init.sharded import local_tensor
 from lightning_init.stats import (
     DEFAULT_GRAD_STATS,
@@ -217,7 +218,6 @@ class GradientMonitor(_LayerMonitor):
             },
             base_thresholds=thresholds,
         )
-        self._total_tag = "total"
         self._warned_skipped = False
         #: ``output_grad`` is measured by backward hooks, not from ``.grad``: kept apart from the parameter stats.
         self.output_grad = "output_grad" in self.stats
@@ -309,21 +309,17 @@ class GradientMonitor(_LayerMonitor):
         skipped, scale = (host["amp"][0] > 0, host["amp"][1]) if amp is not None else (False, 1.0)
         scale *= trainer.world_size
         processes, watched, width = moments.shape
-        flat = host["moments"]
-        parts = [
-            [flat[(p * watched + i) * width : (p * watched + i + 1) * width] for i in range(watched)]
-            for p in range(processes)
-        ]
-        index = {n: i for i, n in enumerate(names)}
+        arr = np.asarray(host["moments"], dtype=np.float64).reshape(processes, watched, width)
+        merged = merge_moment_rows(arr)
+        numel = np.where(arr[..., 0] > 0, arr[..., 0], 0.0).sum(axis=0).tolist()
+        mean, std = merged["mean"].tolist(), merged["std"].tolist()
+        abs_max, nonfinite = (merged["abs_max"] / scale).tolist(), merged["nonfinite"].tolist()
         table: Table = {}
-        for n in moment_order(names, parts):
-            rows = [part[index[n]] for part in parts]
-            full = merge_moments(rows, bounded=False)
-            numel = sum(r[0] for r in rows)
-            table[n] = {
-                **output_grad_stats(numel, full["mean"], full["std"], scale=scale),
-                "abs_max": full["abs_max"] / scale,
-                "nonfinite": full["nonfinite"],
+        for i in moment_rank(arr).tolist():
+            table[names[i]] = {
+                **output_grad_stats(numel[i], mean[i], std[i], scale=scale),
+                "abs_max": abs_max[i],
+                "nonfinite": nonfinite[i],
             }
         if table:
             self._on_backprop_table(trainer, table, step, judge=not skipped)
@@ -372,10 +368,6 @@ class GradientMonitor(_LayerMonitor):
         self._backprop_step = None
 
     @override
-    def _row_tag(self, name: str) -> str:
-        return self._total_tag if name == "total" else name
-
-    @override
     def _watch_names(self, pl_module: "pl.LightningModule", *, trainable_only: bool = True) -> list[str]:
         return [n for n, p in self._watched_parameters(pl_module) if p.requires_grad or not trainable_only]
 
@@ -409,7 +401,7 @@ class GradientMonitor(_LayerMonitor):
         """The gradients of optimizer step ``k``: one table (one transfer), judged and logged; histograms."""
         optimizers = list(trainer.optimizers)
         position = next((i for i, o in enumerate(optimizers) if o is optimizer), 0)
-        self._total_tag = "total" if len(optimizers) <= 1 else f"total_optimizer_{position}"
+        total_tag = "grad_norm/total" if len(optimizers) <= 1 else f"grad_norm/total_optimizer_{position}"
         amp = amp_state(trainer, optimizer) if scalars else None
         in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
         named = [
@@ -469,13 +461,13 @@ class GradientMonitor(_LayerMonitor):
                         continue
                     row = [host[c][i] for c in ("_hu", "_ho", "_hmax", "_hmin")]
                     table[name].update({s: v for s, v in headroom_stats([row], g.numel()).items() if s in headroom})
-            if "norm" in wanted and names:
-                table["total"] = {"norm": total_norm(host["norm"])}
-            amp_metrics: dict[str, float] = {}
+            # the global norm is a metric of the step, not a row of the table (no parameter stands for it)
+            logged_norm = "norm" in self.stats and names
+            step_metrics: dict[str, float] = {total_tag: total_norm(host["norm"])} if logged_norm else {}
             skipped = False
             if amp is not None:
                 skipped = host["_found_inf"][0] > 0
-                amp_metrics = {"amp/skipped_step": float(skipped), "amp/loss_scale": host["_loss_scale"][0]}
+                step_metrics.update({"amp/skipped_step": float(skipped), "amp/loss_scale": host["_loss_scale"][0]})
                 if skipped and not self._warned_skipped:
                     self._warned_skipped = True
                     rank_zero_info(
@@ -485,7 +477,7 @@ class GradientMonitor(_LayerMonitor):
                         "gradients."
                     )
             self._parameter_context(pl_module, named)
-            self._on_table(trainer, pl_module, table, k, extra_metrics=amp_metrics, judge=not skipped)
+            self._on_table(trainer, pl_module, table, k, extra_metrics=step_metrics, judge=not skipped)
         if histograms:
             self._log_histograms(trainer, names, hists, k)
             self._log_backprop_heatmap(trainer, k)

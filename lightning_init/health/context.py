@@ -58,7 +58,7 @@ def in_flow_order(names: Sequence[str], order: Sequence[str]) -> list[str]:
     """``names`` (modules, or parameters ``{module}.{name}``) sorted by their module's position in ``order``.
 
     A name belongs to the longest dotted prefix of it that ``order`` holds (``attn.out_proj.weight`` to an atomic
-    ``attn``); a name with none (a free parameter such as ``cls_token``, the ``total`` row) stays right after the
+    ``attn``); a name with none (a free parameter such as ``cls_token``) stays right after the
     name before it. Names of one module keep their order (stable).
     """
     rank = {name: i for i, name in enumerate(order)}
@@ -131,11 +131,18 @@ def activation_context(
     norms = frozenset(n for n in order if n in modules and nonlinearities.get(n) is None and is_norm(modules[n]))
     embeddings = frozenset(n for n in order if isinstance(modules.get(n), (nn.Embedding, nn.EmbeddingBag)))
     layers = [n for n in order if nonlinearities.get(n) is None and n not in norms and n not in embeddings]
-    renormalized = frozenset(a for a, b in itertools.pairwise(order) if a in layers and b in norms)
+    layer_set = frozenset(layers)
+    renormalized = frozenset(a for a, b in itertools.pairwise(order) if a in layer_set and b in norms)
     output = layers[-1] if layers else None
     classes = classes_of(modules[output]) if output is not None and output in modules else None
     return Context(
-        norms=norms, renormalized=renormalized, output=output, classes=classes, loss=loss, embeddings=embeddings
+        norms=norms,
+        renormalized=renormalized,
+        output=output,
+        classes=classes,
+        loss=loss,
+        embeddings=embeddings,
+        nonlinearities=dict(nonlinearities),
     )
 
 

@@ -29,6 +29,7 @@ are what ``nonfinite`` reports).
 
 from __future__ import annotations
 
+import heapq
 import math
 import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -182,6 +183,8 @@ class Context:
         warmup: parameter names whose adaptive optimizer is in its first ``1 / (1 - beta)`` steps (Adam's bias
             correction makes the first update ``lr`` per element whatever the gradient; RMSprop's second moment
             starts at 0): their update is not judged "too large" yet.
+        nonlinearities: module name -> its nonlinearity (:func:`lightning_init.activations.nonlinearity_of`;
+            ``None`` for layers and norms) of the rows of an activation table.
     """
 
     roles: Mapping[str, Role] = field(default_factory=dict)
@@ -193,6 +196,7 @@ class Context:
     loss: float | None = None
     embeddings: frozenset[str] = frozenset()
     warmup: frozenset[str] = frozenset()
+    nonlinearities: Mapping[str, str | None] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------------- the table
@@ -664,23 +668,45 @@ def _column(rows: Sequence[Mapping[str, float]], stat: str) -> np.ndarray:
     return np.array([float(r[stat]) if r.get(stat) is not None else math.nan for r in rows], dtype=np.float64)
 
 
+def _suffix_medians(pool: np.ndarray) -> np.ndarray:
+    """``out[k]`` = ``np.median(pool[k:])`` for every ``k``, in O(n log n): two heaps filled from the end.
+
+    ``lower`` (a max-heap, negated) holds the smaller half, ``upper`` the larger; an even count's median is the mean
+    of their tops, as ``np.median`` computes it.
+    """
+    out = np.empty(len(pool))
+    lower: list[float] = []
+    upper: list[float] = []
+    for k in range(len(pool) - 1, -1, -1):
+        v = float(pool[k])
+        if lower and v > -lower[0]:
+            heapq.heappush(upper, v)
+        else:
+            heapq.heappush(lower, -v)
+        if len(lower) > len(upper) + 1:
+            heapq.heappush(upper, -heapq.heappop(lower))
+        elif len(upper) > len(lower):
+            heapq.heappush(lower, -heapq.heappop(upper))
+        out[k] = -lower[0] if len(lower) > len(upper) else (-lower[0] + upper[0]) / 2.0
+    return out
+
+
 def _deeper_median(values: np.ndarray, groups: np.ndarray, usable: np.ndarray) -> np.ndarray:
     """Per row, the median of ``values`` over the usable rows of its group that come after it (deeper, in table
     order), NaN for the deepest. A median: one tiny (or huge) parameter deep in the net moves the reference of the
-    layers before it by at most one rank, so it cannot flag all of them.
+    layers before it by at most one rank, so it cannot flag all of them. O(n log n) per group (suffix medians).
     """  # noqa: D205
     out = np.full(values.shape, math.nan)
     for g in dict.fromkeys(groups.tolist()):
         idx = np.flatnonzero((groups == g) & usable)
-        pool = values[idx]
-        for k in range(len(idx) - 1):
-            out[idx[k]] = float(np.median(pool[k + 1 :]))
-        if len(idx):  # rows of the group that are not usable themselves still get the reference of their depth
-            rest = np.flatnonzero((groups == g) & ~usable)
-            after = np.searchsorted(idx, rest, side="right")
-            for r, a in zip(rest, after, strict=True):
-                if a < len(idx):
-                    out[r] = float(np.median(pool[a:]))
+        if not len(idx):
+            continue
+        # suffix[k] = median of pool[k:], with suffix[len] = NaN: a usable row k gets suffix[k + 1]; a row that is not
+        # usable itself gets the reference of its depth, the median of the usable rows after it
+        suffix = np.append(_suffix_medians(values[idx]), math.nan)
+        out[idx] = suffix[1:]
+        rest = np.flatnonzero((groups == g) & ~usable)
+        out[rest] = suffix[np.searchsorted(idx, rest, side="right")]
     return out
 
 
@@ -868,10 +894,10 @@ def frame(
     nonlinearities: Mapping[str, str | None] | None = None,
     context: Context | None = None,
 ) -> tuple[list[str], dict[str, np.ndarray]]:
-    """The rows of ``table`` (``total`` excluded) and every column the rule table reads, as numpy arrays."""
+    """The rows of ``table`` and every column the rule table reads, as numpy arrays."""
     t = thresholds or HealthThresholds()
     ctx = context or Context()
-    names = [n for n in table if not (kind == "grad" and n == "total")]
+    names = list(table)
     rows = [table[n] for n in names]
     if kind == "weight":
         return names, _weight_frame(names, rows, ctx)
@@ -973,7 +999,7 @@ def check_grads(
     overflow_fraction: float = _BY_NAME["overflow_fraction"].default,
     context: Context | None = None,
 ) -> list[Finding]:
-    """Judge a gradient table ``{parameter: {stat: value}}`` (a ``"total"`` row is ignored): the ``grad`` rows of
+    """Judge a gradient table ``{parameter: {stat: value}}``: the ``grad`` rows of
     :data:`RULE_TABLE` (``nonfinite``, ``grad_zero`` information, ``exploding_grad``, ``vanishing_grad``).
     """  # noqa: D205
     t = _thresholds(

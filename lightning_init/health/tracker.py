@@ -77,7 +77,7 @@ def profile_of(
     out: dict[str, float] = {}
     for name, row in table.items():
         key = stat if stat in row else _PROFILE_FALLBACK.get(stat, stat)
-        if name == "total" or key not in row:
+        if key not in row:
             continue
         if kind == "activation" and nls.get(name) is not None:
             continue

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -51,7 +51,7 @@ __all__ = [
 COMPILED_PREFIX = "_orig_mod"
 
 
-def compiled_regions(module: nn.Module) -> list[str]:
+def compiled_regions(module: nn.Module, named: Sequence[tuple[str, nn.Module]] | None = None) -> list[str]:
     """Qualified names of the submodules of ``module`` that run compiled by ``torch.compile`` (``""``: all of it).
 
     A forward hook registered after the first compiled call of a module never fires inside the compiled code: Dynamo
@@ -60,11 +60,13 @@ def compiled_regions(module: nn.Module) -> list[str]:
     useless inside these regions. Found: every ``torch.compile(submodule)`` wrapper (``OptimizedModule``), and the
     whole ``module`` when its own ``forward`` was compiled, which is how Lightning runs ``trainer.fit(torch.compile(
     model))`` (it unwraps the model and marks it, see :func:`lightning_init.callbacks._compat.compiled_by_lightning`).
+    ``named``: ``module.named_modules()`` when the caller has it already.
     """
     regions = [""] if compiled_by_lightning(module) else []
     optimized = optimized_module_type()  # None until the first torch.compile: nothing compiled
     if optimized is not None:
-        regions += [name for name, m in module.named_modules() if name and isinstance(m, optimized)]
+        walk = named if named is not None else module.named_modules()
+        regions += [name for name, m in walk if name and isinstance(m, optimized)]
     return regions
 
 
@@ -216,6 +218,8 @@ class ActivationRecorder:
         #: Micro-batches recorded this step (:meth:`next_batch`).
         self.micro_batches = 1
         self._signal: tuple[int, dict[str, list[UnitMeans]], set[str]] | None = None
+        #: The modules of the last :meth:`start` and their saturation bounds (strongly held until :meth:`clear`).
+        self._bounds_for: tuple[list[nn.Module], list[tuple[float, float] | None]] | None = None
 
     def next_batch(self) -> None:
         """The next micro-batch of the step begins: call positions count from the first again."""
@@ -239,8 +243,13 @@ class ActivationRecorder:
         self._histograms = histograms
         self._precision = precision
         self.enabled = True
-        for index, (name, module) in enumerate(modules):
-            bounds = _bounds_of(module)
+        watched = list(modules)
+        key = [m for _, m in watched]
+        if self._bounds_for is None or len(self._bounds_for[0]) != len(key) or any(
+            a is not b for a, b in zip(self._bounds_for[0], key, strict=True)
+        ):  # the same modules as the last logging step (the usual case): their bounds are known
+            self._bounds_for = (key, [_bounds_of(m) for m in key])
+        for index, ((name, module), bounds) in enumerate(zip(watched, self._bounds_for[1], strict=True)):
             self.names.append(name)
             self.bounded[name] = bounds is not None
             self.hooks.add(module.register_forward_hook(self._hook(index, name, bounds)))
@@ -404,6 +413,7 @@ class ActivationRecorder:
         self.reset()
         self._stages = {}
         self._staged_bytes = {}
+        self._bounds_for = None
 
 
 class OutputGradRecorder:

@@ -132,8 +132,13 @@ def call_moments(
     out[:, 7] = math.inf
     if not len(modules):
         return out
-    first = {i: float(rank) for rank, i in enumerate(dict.fromkeys(modules))}  # first-run order (host, tiny)
-    order = torch.tensor([first.get(i, math.inf) for i in range(m)], dtype=dtype).to(dev, non_blocking=True)
+    # first-run order (host, vectorized): the rank of each module's first call among the modules that ran
+    ran, first_call = np.unique(np.asarray(modules, dtype=np.int64), return_index=True)
+    ranks = np.empty(len(ran))
+    ranks[np.argsort(first_call, kind="stable")] = np.arange(len(ran), dtype=np.float64)
+    host_order = np.full(m, math.inf)
+    host_order[ran] = ranks
+    order = torch.from_numpy(host_order).to(dev, dtype=dtype, non_blocking=True)
     stacked = calls.to(dtype)
     idx = torch.tensor(list(modules), dtype=torch.long).to(dev, non_blocking=True)
     n = torch.tensor(list(numels), dtype=dtype).to(dev, non_blocking=True)

@@ -25,7 +25,7 @@ import re
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -349,18 +349,47 @@ def _scalar_head(tag: str) -> bytes:
     return head
 
 
+class _ScalarTemplate(NamedTuple):
+    """The wire format of one ``Summary`` for a fixed sequence of tags, values zeroed, and where the values go."""
+
+    wire: np.ndarray  # uint8
+    slots: np.ndarray  # int64 byte offsets of every value's 4 bytes, [values, 4]
+
+
+#: (prefix, tags) -> template; the tags of a monitor's logging step repeat every step (a few entries per run).
+_SCALAR_TEMPLATES: dict[tuple[str, tuple[str, ...]], _ScalarTemplate] = {}
+
+
+def _scalar_template(prefix: str, keys: tuple[str, ...]) -> _ScalarTemplate:
+    found = _SCALAR_TEMPLATES.get((prefix, keys))
+    if found is not None:
+        return found
+    if len(_SCALAR_TEMPLATES) >= 64:  # bounded: a run whose tags change every step does not grow it forever
+        _SCALAR_TEMPLATES.clear()
+    heads = [_scalar_head(prefix + key if prefix else key) for key in keys]
+    ends = np.cumsum([len(h) + 4 for h in heads], dtype=np.int64)
+    wire = np.frombuffer(b"".join(h + b"\0\0\0\0" for h in heads), dtype=np.uint8).copy()
+    slots = (ends - 4)[:, None] + np.arange(4, dtype=np.int64)
+    template = _SCALAR_TEMPLATES[(prefix, keys)] = _ScalarTemplate(wire, slots)
+    return template
+
+
 def scalar_summary(metrics: Mapping[str, float], prefix: str = "") -> Summary:
     """One ``Summary`` with a ``simple_value`` per metric (tag ``prefix + key``), built from its wire format.
 
     Equal to ``Summary(value=[Summary.Value(tag=..., simple_value=v), ...])`` (float32 values; beyond its range,
-    ``inf``), ~6x cheaper for thousands of scalars: each tag's encoding is kept, the values are packed in one numpy
-    cast and the message is parsed once (in C).
+    ``inf``), many times cheaper for thousands of scalars: the message's bytes for a sequence of tags are kept (a
+    monitor logs the same tags every logging step), the values are packed in one numpy cast and written into their
+    slots in one vectorized store, and the message is parsed once (in C).
     """
+    if not metrics:
+        return Summary()
     with np.errstate(over="ignore"):
-        packed = np.fromiter(metrics.values(), dtype=np.float64, count=len(metrics)).astype("<f4").tobytes()
-    parts = [_scalar_head(prefix + key if prefix else key) for key in metrics]
-    wire = b"".join(head + packed[4 * i : 4 * i + 4] for i, head in enumerate(parts))
-    return Summary.FromString(wire)
+        packed = np.fromiter(metrics.values(), dtype=np.float64, count=len(metrics)).astype("<f4")
+    template = _scalar_template(prefix, tuple(metrics))
+    wire = template.wire.copy()
+    wire[template.slots] = packed.view(np.uint8).reshape(-1, 4)
+    return Summary.FromString(wire.tobytes())
 
 
 def log_scalars(trainer: "pl.Trainer", metrics: Mapping[str, float], step: int) -> None:

@@ -134,4 +134,8 @@ def test_scalar_summary_is_the_protobuf_built_message_byte_for_byte() -> None:
     for prefix in ("", "run-"):
         ref = Summary(value=[Summary.Value(tag=prefix + k, simple_value=float(v)) for k, v in metrics.items()])
         assert scalar_summary(metrics, prefix).SerializeToString() == ref.SerializeToString()
+        # the same tags again (the message's template is reused), new values
+        again = {k: (-v if isinstance(v, float) else v + 1) for k, v in metrics.items()}
+        ref = Summary(value=[Summary.Value(tag=prefix + k, simple_value=float(v)) for k, v in again.items()])
+        assert scalar_summary(again, prefix).SerializeToString() == ref.SerializeToString()
     assert scalar_summary({}).SerializeToString() == b""

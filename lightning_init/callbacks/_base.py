@@ -257,6 +257,7 @@ class _LayerMonitor(Callback):
         self._watch_params_key: tuple[Any, ...] | None = None
         self._watch_params: list[tuple[str, nn.Parameter]] = []
         self._flow_rows: tuple[list[str], tuple[str, ...], list[str]] | None = None
+        self._tags: tuple[tuple[tuple[str, ...], tuple[str, ...]], dict[str, list[str]]] | None = None
         self._context = Context()
         self._tracker: HealthTracker | None = HealthTracker(self.kind) if health else None
         self._heatmap_step: int | None = None
@@ -484,11 +485,14 @@ class _LayerMonitor(Callback):
             if cached is None or cached[0] is not order or cached[1] != names:
                 cached = self._flow_rows = (order, names, in_flow_order(names, order))
             table = {name: table[name] for name in cached[2]}
+        key = (tuple(table), self.stats)
+        if self._tags is None or self._tags[0] != key:  # the tags of these rows, per statistic (kept: they repeat)
+            self._tags = (key, {stat: [f"{self.kind}_{stat}/{name}" for name in key[0]] for stat in self.stats})
+        rows = list(table.values())
         metrics = {
-            prefix + name: value
-            for stat in self.stats
-            for prefix in (f"{self.kind}_{stat}/",)
-            for name, row in table.items()
+            tag: value
+            for stat, tags in self._tags[1].items()
+            for tag, row in zip(tags, rows, strict=True)
             if (value := row.get(stat)) is not None
         }
         metrics.update(extra_metrics or {})

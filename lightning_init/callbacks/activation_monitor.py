@@ -238,7 +238,8 @@ class ActivationMonitor(_LayerMonitor):
         return "they run compiled by `torch.compile`"
 
     def _watched_modules(self, pl_module: "pl.LightningModule") -> list[tuple[str, nn.Module]]:
-        compiled = compiled_regions(pl_module)
+        named = list(pl_module.named_modules())
+        compiled = compiled_regions(pl_module, named)
         if compiled and not self._warned_compiled:
             self._warned_compiled = True
             where = "The LightningModule" if "" in compiled else ", ".join(compiled)
@@ -247,7 +248,6 @@ class ActivationMonitor(_LayerMonitor):
                 "compiled code, so activations of the modules it runs are not logged (weights and gradients are). "
                 "Monitor activations on an uncompiled run."
             )
-        named = list(pl_module.named_modules())
         key = (tuple(id(m) for _, m in named), tuple(compiled), self.module_types, self.include, self.exclude)
         if key == self._watch_key:
             return self._watch_list

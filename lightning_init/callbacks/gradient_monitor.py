@@ -388,6 +388,7 @@ class GradientMonitor(_LayerMonitor):
             self._measure(trainer, pl_module, optimizer, k, scalars=scalars, histograms=histograms)
 
     @_gc_paused()
+    @torch.no_grad()  # gradients and weights are read as they are: no detach() per tensor, no graph
     def _measure(
         self,
         trainer: "pl.Trainer",
@@ -410,12 +411,12 @@ class GradientMonitor(_LayerMonitor):
             if p.requires_grad and id(p) in in_optimizer and p.grad is not None and not p.grad.is_sparse
         ]
         names = [n for n, _ in named]
-        grads = [p.grad.detach() for _, p in named if p.grad is not None]
+        grads = [p.grad for _, p in named if p.grad is not None]
         wanted = self._table_stats if scalars else ()
         extra: dict[str, list[Tensor]] = {}
         norms: dict[str, list[Tensor]] = {}
         if "ratio" in wanted and named:
-            norms["_wnorm"] = list(torch._foreach_norm([local_tensor(p.detach()) for _, p in named]))
+            norms["_wnorm"] = list(torch._foreach_norm([local_tensor(p) for _, p in named]))
         if amp is not None:
             found, scale = amp
             extra["_found_inf"] = [torch.stack([f.reshape(()).float() for f in found]).sum()]

@@ -174,6 +174,7 @@ class WeightMonitor(_LayerMonitor):
         self._snapshot_named = []
 
     @_gc_paused()
+    @torch.no_grad()  # the parameters are read as they are: no detach() per tensor, no graph
     def _measure(
         self,
         trainer: "pl.Trainer",
@@ -186,7 +187,7 @@ class WeightMonitor(_LayerMonitor):
         # the parameters listed for the snapshot of this step (no second walk of the model), else a fresh list
         named = self._snapshot_named if self._snapshot_taken else self._watched_parameters(pl_module)
         names = [n for n, _ in named]
-        tensors = [p.detach() for _, p in named]
+        tensors: list[Tensor] = [p for _, p in named]
         local = [local_tensor(t) for t in tensors]  # FSDP2: this process's shards (the snapshot is kept per shard)
         stats = [s for s in self._table_stats if s != "update_ratio"]
         norms: dict[str, list[Tensor]] = {}
@@ -260,7 +261,7 @@ class WeightMonitor(_LayerMonitor):
     def _take_snapshot(self, pl_module: "pl.LightningModule") -> None:
         """Copy the watched weights into the reused snapshot buffers (before the update of a logging step)."""
         self._snapshot_named = self._watched_parameters(pl_module)
-        params = [local_tensor(p.detach()) for _, p in self._snapshot_named]
+        params = [local_tensor(p) for _, p in self._snapshot_named]
         reusable = len(self._snapshot) == len(params) and all(
             s.shape == p.shape and s.dtype == p.dtype and s.device == p.device
             for s, p in zip(self._snapshot, params, strict=True)

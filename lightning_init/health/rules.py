@@ -665,7 +665,8 @@ def merge_findings(findings: Iterable[Finding]) -> list[Finding]:
 
 
 def _column(rows: Sequence[Mapping[str, float]], stat: str) -> np.ndarray:
-    return np.array([float(r[stat]) if r.get(stat) is not None else math.nan for r in rows], dtype=np.float64)
+    """``stat`` of every row as float64, NaN where a row lacks it (numpy reads ``None`` as NaN)."""
+    return np.array([r.get(stat) for r in rows], dtype=np.float64)
 
 
 def _suffix_medians(pool: np.ndarray) -> np.ndarray:

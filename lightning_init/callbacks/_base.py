@@ -731,5 +731,9 @@ def _param_table(
         host_histograms(host["counts"], host["meta"], len(tensors), HISTOGRAM_BINS) if histograms and tensors else []
     )
     wanted = [s for s in stats if s in host]
-    table = {n: {s: host[s][i] for s in wanted} for i, n in enumerate(names)}
+    if wanted:  # row dicts from the columns (one zip per row, no per-value indexing)
+        rows = zip(*(host[s] for s in wanted))
+        table = {n: dict(zip(wanted, values, strict=True)) for n, values in zip(names, rows, strict=True)}
+    else:
+        table = {n: {} for n in names}
     return table, host, hists

@@ -421,7 +421,9 @@ class GradientMonitor(_LayerMonitor):
             found, scale = amp
             extra["_found_inf"] = [torch.stack([f.reshape(()).float() for f in found]).sum()]
             extra["_loss_scale"] = [scale.reshape(()).float()]
-        formats = [headroom_format(g.dtype, str(trainer.precision)) for g in grads]
+        precision = str(trainer.precision)
+        by_dtype = {dtype: headroom_format(dtype, precision) for dtype in {g.dtype for g in grads}}
+        formats = [by_dtype[g.dtype] for g in grads]
         headroom = [s for s in wanted if s in HEADROOM_STATS] if any(f is not None for f in formats) else []
         if headroom:
             # the values as they were in 16 bits: a 16-mixed run's float32 .grad is read unscaled here

@@ -245,8 +245,10 @@ class ActivationRecorder:
         self.enabled = True
         watched = list(modules)
         key = [m for _, m in watched]
-        if self._bounds_for is None or len(self._bounds_for[0]) != len(key) or any(
-            a is not b for a, b in zip(self._bounds_for[0], key, strict=True)
+        if (
+            self._bounds_for is None
+            or len(self._bounds_for[0]) != len(key)
+            or any(a is not b for a, b in zip(self._bounds_for[0], key, strict=True))
         ):  # the same modules as the last logging step (the usual case): their bounds are known
             self._bounds_for = (key, [_bounds_of(m) for m in key])
         for index, ((name, module), bounds) in enumerate(zip(watched, self._bounds_for[1], strict=True)):

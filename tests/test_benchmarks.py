@@ -85,3 +85,21 @@ def test_cost_benchmark_gpu_variant_skips_without_cuda(tmp_path: Path) -> None:
 
     if not torch.cuda.is_available():
         assert proc.stdout.startswith("skipped: no CUDA device")
+
+
+@pytest.mark.slow
+def test_a_torchmetrics_metric_sync_takes_more_than_the_monitors_one_collective(tmp_path: Path) -> None:
+    # README (Performance): why the activation moments are not a torchmetrics Metric. Counted in 2 gloo processes:
+    # torchmetrics' sync of one state makes several collectives (barrier, shape gather, data gather); the monitor's
+    # merge of the same table is one all_gather. If a torchmetrics release syncs a state in one collective, this
+    # fails and the README's reason is stale.
+    script = SCRIPT.with_name("torchmetrics_sync.py")
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metric = re.search(r"^one Metric state, one sync: +(\d+) collectives", proc.stdout, re.MULTILINE)
+    ours = re.search(r"^the monitor's one table gather: +(\d+) collective", proc.stdout, re.MULTILINE)
+    assert metric, proc.stdout
+    assert ours, proc.stdout
+    assert int(ours.group(1)) == 1
+    assert int(metric.group(1)) > 1

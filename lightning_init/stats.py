@@ -397,6 +397,20 @@ def activation_row(output: Tensor, bounds: tuple[float, float] | None = None) ->
     return activation_row_and_unit_means(output, bounds)[0]
 
 
+def _count_saturated(x: Tensor, bounds: tuple[float, float], out: Tensor, dim: int | None = None) -> Tensor:
+    """Elements of ``x`` within :data:`SATURATION_MARGIN` of ``bounds`` (``x < low + m`` or ``x > high - m``; Inf
+    counts, NaN does not), using ``out`` (``x``'s shape and dtype, overwritten) as the temporary.
+
+    Through subtractions and one ``bool`` sum rather than two comparisons and an ``or`` (3-4x cheaper on CPU): the
+    sign of ``a - b`` is exact in IEEE arithmetic, so ``max(low + m - x, x - (high - m)) > 0`` is the same test.
+    """  # noqa: D205
+    low, high = bounds
+    torch.sub(low + SATURATION_MARGIN, x, out=out)
+    torch.maximum(out, x - (high - SATURATION_MARGIN), out=out)
+    hits = out.relu_().nan_to_num_(nan=0.0).bool()
+    return hits.sum() if dim is None else hits.sum(dim=dim)
+
+
 def activation_row_and_unit_means(output: Tensor, bounds: tuple[float, float] | None = None) -> tuple[Tensor, Tensor]:
     """:func:`activation_row` of one module output and the mean of each unit across the samples.
 
@@ -443,11 +457,8 @@ def activation_row_and_unit_means(output: Tensor, bounds: tuple[float, float] | 
     torch.mul(x, 0, out=y)  # reuse the temporary: NaN exactly where x is NaN/Inf, 0 elsewhere
     nonfinite = y.bool().sum()  # ``bool()`` + ``sum`` is ~2x cheaper on CPU than ``== 0`` or ``count_nonzero``
     zeros = n - x.bool().sum()  # NaN counts as non-zero, as in ``count_nonzero``
-    if bounds is None:
-        saturated = torch.zeros((), device=x.device)
-    else:
-        low, high = bounds
-        saturated = ((x < low + SATURATION_MARGIN) | (x > high - SATURATION_MARGIN)).sum()
+    # y (the temporary) is free again for the saturation count
+    saturated = torch.zeros((), device=x.device) if bounds is None else _count_saturated(x, bounds, out=y)
     row = torch.stack(
         [
             (mean_y * scale).float(),
@@ -507,11 +518,8 @@ def activation_rows_and_unit_means(outputs: Tensor, bounds: tuple[float, float] 
     torch.mul(flat, 0, out=y)  # reuse the temporary: NaN exactly where x is NaN/Inf, 0 elsewhere
     nonfinite = y.bool().sum(dim=1)
     zeros = n - flat.bool().sum(dim=1)  # NaN counts as non-zero, as in ``count_nonzero``
-    if bounds is None:
-        saturated = torch.zeros_like(amax)
-    else:
-        low, high = bounds
-        saturated = ((flat < low + SATURATION_MARGIN) | (flat > high - SATURATION_MARGIN)).sum(dim=1)
+    # y (the temporary) is free again for the saturation count
+    saturated = torch.zeros_like(amax) if bounds is None else _count_saturated(flat, bounds, out=y, dim=1)
     rows = torch.stack(
         [
             mean_y * scale,

@@ -124,6 +124,13 @@ def test_activation_row_and_saturation_definition() -> None:
     assert row[5] == 1  # NaN
     sig = torch.tensor([0.005, 0.5, 0.995, 0.011])
     assert activation_row(sig, bounds=(0.0, 1.0)).tolist()[4] == 2  # y < 0.01 or y > 0.99
+    # at the margin exactly: not saturated (strict); +-Inf: saturated, and counted as non-finite too
+    edge = torch.tensor([0.99, -0.99, float("inf"), float("-inf"), 0.9900001, 0.01, 0.0099999])
+    assert activation_row(edge, bounds=(-1.0, 1.0)).tolist()[4:6] == [3, 2]
+    assert activation_row(edge[[0, 4, 5, 6]], bounds=(0.0, 1.0)).tolist()[4] == 2
+    reference = ((edge < -1.0 + 0.01) | (edge > 1.0 - 0.01)).sum().item()
+    batched = activation_rows(edge.reshape(1, 7, 1).expand(3, 7, 1).contiguous(), bounds=(-1.0, 1.0))
+    assert batched[:, 4].tolist() == [reference] * 3
     half = torch.randn(100, dtype=torch.float16)
     assert activation_row(half).dtype == torch.float32
     assert activation_row(half).tolist()[1] == pytest.approx(half.float().std().item(), rel=1e-5)

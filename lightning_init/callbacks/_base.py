@@ -732,7 +732,7 @@ def _param_table(
     )
     wanted = [s for s in stats if s in host]
     if wanted:  # row dicts from the columns (one zip per row, no per-value indexing)
-        rows = zip(*(host[s] for s in wanted))
+        rows = zip(*(host[s] for s in wanted), strict=True)
         table = {n: dict(zip(wanted, values, strict=True)) for n, values in zip(names, rows, strict=True)}
     else:
         table = {n: {} for n in names}

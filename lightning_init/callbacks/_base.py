@@ -339,7 +339,7 @@ class _LayerMonitor(Callback):
                     if id(p) not in seen:
                         seen.add(id(p))
                         named.append((original_name(pname), p))
-            order = {id(p): i for i, (_, p) in enumerate(pl_module.named_parameters())}
+            order = {id(p): i for i, (_, p) in enumerate(every)}
             named.sort(key=lambda item: order.get(id(item[1]), len(order)))
         # a lazy module's parameters (nn.LazyLinear) exist only after its first forward: skipped until then (and the
         # selection is not kept: materializing keeps the parameter's identity)

@@ -115,6 +115,10 @@ if __name__ == "__main__":
     result = {{"rank": trainer.global_rank, "global_step": trainer.global_step, "acts": ref.acts,
                "grads": ref.grads, "collectives": count.calls}}
     json.dump(result, open(f"{{OUT}}/rank{{trainer.global_rank}}.json", "w"))
+    # Lightning destroys the process group at exit only for NCCL; a gloo group left to the interpreter's
+    # teardown can abort the process ("terminate called without an active exception", exit -6)
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 """
 
 

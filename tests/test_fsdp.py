@@ -147,6 +147,10 @@ if __name__ == "__main__":
     torch.save(probe.initial, f"{{OUT}}/initial_{{tag}}.pt")
     health = {{m.kind: m._tracker.state_dict()["warned"] for m in monitors}}
     json.dump({{"calls": probe.calls, "tables": probe.tables, "health": health}}, open(f"{{OUT}}/{{tag}}.json", "w"))
+    # Lightning destroys the process group at exit only for NCCL; a gloo group left to the interpreter's
+    # teardown can abort the process ("terminate called without an active exception", exit -6)
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 """
 
 

@@ -509,6 +509,10 @@ if __name__ == "__main__":
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          default_root_dir={tmp!r}, callbacks=[{init}, cb])
     trainer.fit(TinyModel(width=32))
+    # Lightning destroys the process group at exit only for NCCL; a gloo group left to the interpreter's
+    # teardown can abort the process ("terminate called without an active exception", exit -6)
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 """
 
 

@@ -132,9 +132,26 @@ class GradRef(Callback):
 # ------------------------------------------------------------------------------ 12-layer width-256 ReLU MLP
 
 
+def test_figures_only_at_fit_end_unless_a_figure_cadence_is_given(tmp_path: Path) -> None:
+    # histograms every 2 steps draw no figure (each costs ~0.1 s); figure_every_n_steps=3 adds logging step k = 2
+    # (logged at k by the gradient and activation monitors, at k + 1 by the weight monitor: the weights after the
+    # update) but not k = 5, the last step: fit end (6) draws them one step later
+    cases = (("hist_only", {}, [6], [6]), ("figures", {"figure_every_n_steps": 3}, [2, 6], [3, 6]))
+    for name, extra, at_k, after_k in cases:
+        model = MLP("kaiming", depth=3, width=32)
+        trainer, _ = fit(tmp_path / name, model, monitors(histogram_every_n_steps=2, **extra), max_steps=6, width=32)
+        ea = events(trainer)
+        assert ea.Tags()["histograms"], name
+        for kind, want in (("grad", at_k), ("activation", at_k), ("weight", after_k)):
+            for figure in ("heatmap", "depth_profile"):
+                assert [i.step for i in ea.Images(f"health/{kind}_{figure}")] == want, (name, kind, figure)
+
+
 def test_vanishing_under_normal_001_with_heatmap_and_table_in_the_event_file(tmp_path: Path) -> None:
     ref = GradRef()
-    trainer, texts = fit(tmp_path, MLP("0.01"), [*monitors(histogram_every_n_steps=2), ref], max_steps=3)
+    trainer, texts = fit(
+        tmp_path, MLP("0.01"), [*monitors(histogram_every_n_steps=2, figure_every_n_steps=2), ref], max_steps=3
+    )
     vanishing = has(texts, "vanishing")
     assert vanishing, texts
     assert any("vanishing gradients" in t and "net.0.weight" in t for t in vanishing)
@@ -170,7 +187,7 @@ def test_vanishing_under_normal_001_with_heatmap_and_table_in_the_event_file(tmp
     )
     assert ea.Tensors("health/weight_report/text_summary")
 
-    # The depth-profile heatmaps in the Images tab: on the histogram step (1) and at fit end (3).
+    # The depth-profile heatmaps in the Images tab: on the figure step (k = 1) and at fit end (3).
     tags = ea.Tags()["images"]
     assert {"health/grad_heatmap", "health/activation_heatmap"} <= set(tags), tags
     assert [i.step for i in ea.Images("health/grad_heatmap")] == [1, 3]

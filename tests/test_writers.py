@@ -94,6 +94,41 @@ def test_raw_histograms_with_huge_values(tmp_path: Path) -> None:
     assert list(event.histogram_value.bucket) == pytest.approx([2.0, 1.0])
 
 
+def test_histograms_of_a_step_are_one_event_read_back_like_add_histogram_raw(tmp_path: Path) -> None:
+    # all histograms of one call go out as ONE Summary event; TensorBoard must read what SummaryWriter's own
+    # add_histogram_raw (one event per tag) writes: same tags, steps and every field of the histogram
+    hists = {
+        f"grad/net.{i}.weight": HostHistogram(
+            -i - 0.5, i + 0.25, 10.0 + i, 0.1 * i, 3.0 + i, [0.0, 1.0, i + 0.25], [4.0, 5.0 + i, 1.0]
+        )
+        for i in range(30)
+    }
+    hists["grad/huge"] = HostHistogram(-1e30, 1e30, 3.0, 0.0, 2e60, [0.0, 1e30], [2.0, 1.0])
+    trainer = _trainer(tmp_path)
+    reference = TensorBoardLogger(tmp_path, name="reference")
+    for step in (0, 4):
+        writers.log_histograms(trainer, hists, step=step)
+        for tag, h in hists.items():
+            reference.experiment.add_histogram_raw(
+                tag, *h[:5], bucket_limits=h.bucket_limits, bucket_counts=h.bucket_counts, global_step=step
+            )
+    reference.experiment.flush()
+    want = EventAccumulator(reference.log_dir, size_guidance={"histograms": 0})
+    want.Reload()
+    got = _events(trainer)
+    assert sorted(got.Tags()["histograms"]) == sorted(want.Tags()["histograms"]) == sorted(hists)
+    for tag in hists:
+        assert [(e.step, e.histogram_value) for e in got.Histograms(tag)] == [
+            (e.step, e.histogram_value) for e in want.Histograms(tag)
+        ], tag
+    # one event per step (plus the file version event), not one per tag
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    (path,) = Path(trainer.loggers[0].log_dir).glob("events.out.tfevents.*")
+    events = [e for e in EventFileLoader(str(path)).Load() if e.HasField("summary")]
+    assert [len(e.summary.value) for e in events] == [len(hists), len(hists)]
+
+
 @pytest.mark.parametrize("prefix", ["", "run"])
 def test_scalars_in_one_event_read_back_like_log_metrics(tmp_path: Path, prefix: str) -> None:
     # All scalars of one call go out as one Summary event; TensorBoard must read exactly what Lightning's own

@@ -123,8 +123,10 @@ def _headroom_tags(kind: Kind) -> set[str]:
 _SHARED_DOCS: dict[str, str] = {
     "cadence_args": """\
 every_n_steps: log every this many optimizer steps; ``None`` uses ``Trainer(log_every_n_steps=...)``.
-histogram_every_n_steps: histograms every this many optimizer steps; ``None`` turns them off. The depth-profile
-    figures are drawn on these steps and at fit end.
+histogram_every_n_steps: histograms every this many optimizer steps; ``None`` turns them off.
+figure_every_n_steps: also draw the health figures (depth-profile heatmap and chart, Images tab) on the logging
+    steps ``k`` with ``(k + 1) % figure_every_n_steps == 0``; ``None`` (default): only at fit end, where they hold
+    the whole history (each figure costs ~0.1 s of CPU, more than a step of a small model).
 per_layer_charts: also add one custom-scalars chart per statistic with every layer on it (``False``: only the
     health and summary charts, which stay fast with many layers and many runs).""",
     "health_args": """\
@@ -212,6 +214,7 @@ class _LayerMonitor(Callback):
         thresholds: Mapping[str, float] | HealthThresholds | None = None,
         base_thresholds: HealthThresholds | None = None,
         per_layer_charts: bool = False,
+        figure_every_n_steps: PositiveInt | None = None,
     ) -> None:
         if not isinstance(per_layer_charts, bool):
             raise ValueError(f"`per_layer_charts` must be True or False, got {per_layer_charts!r}.")
@@ -219,6 +222,7 @@ class _LayerMonitor(Callback):
         self.per_layer_charts = per_layer_charts
         self.every_n_steps = _positive_or_none("every_n_steps", every_n_steps)
         self.histogram_every_n_steps = _positive_or_none("histogram_every_n_steps", histogram_every_n_steps)
+        self.figure_every_n_steps = _positive_or_none("figure_every_n_steps", figure_every_n_steps)
         self.include = _names("include", include)
         self.exclude = _names("exclude", exclude)
         types = () if module_types is None else tuple(module_types)
@@ -261,6 +265,9 @@ class _LayerMonitor(Callback):
         self._context = Context()
         self._tracker: HealthTracker | None = HealthTracker(self.kind) if health else None
         self._heatmap_step: int | None = None
+        #: Whether the table of the logging step being measured is followed by the figures (``figure_every_n_steps``;
+        #: set where the step's cadence is decided, read by :meth:`_on_table`).
+        self._figures_due = False
         #: Statistics computed into the table but not logged (e.g. ``row_spread`` for a health verdict).
         self._extra_stats: tuple[str, ...] = self._health_stats if health else ()
         self._every: int | None = None
@@ -312,6 +319,16 @@ class _LayerMonitor(Callback):
     def _logs_histograms(self, k: int) -> bool:
         h = self.histogram_every_n_steps
         return h is not None and (k + 1) % h == 0
+
+    def _logs_figures(self, trainer: "pl.Trainer", k: int) -> bool:
+        """Whether logging step ``k`` draws the figures mid-run (they need a judged table: health on, scalars on).
+
+        Not on the last step of a fit of known length: fit end draws them one step later.
+        """
+        f = self.figure_every_n_steps
+        if f is None or self._tracker is None or not self._logs_scalars(k) or (k + 1) % f:
+            return False
+        return not (trainer.max_steps > 0 and k >= trainer.max_steps - 1)
 
     def _selected(self, name: str) -> bool:
         if self.include and not any(fnmatch.fnmatchcase(name, g) for g in self.include):
@@ -366,6 +383,7 @@ class _LayerMonitor(Callback):
             if self.every_n_steps is not None
             else (getattr(trainer, "log_every_n_steps", None) or None)
         )
+        self._figures_due = False
         if not trainer.loggers and not self._warned_no_logger:
             self._warned_no_logger = True
             rank_zero_warn(
@@ -527,6 +545,9 @@ class _LayerMonitor(Callback):
                 rank_zero_info(f"{type(self).__name__}: {finding.message}")
             else:
                 rank_zero_warn(f"{type(self).__name__}: {finding.message}", category=UserWarning)
+        if self._figures_due:
+            self._figures_due = False
+            self._log_figures(trainer, step)
         if findings:
             self._on_findings(trainer, findings)
 
@@ -563,10 +584,6 @@ class _LayerMonitor(Callback):
         writers.log_histograms(
             trainer, {f"{self.kind}/{n}": h for n, h in zip(names, hists, strict=True) if h is not None}, step
         )
-        # The depth-profile pictures at the histograms' (rare) cadence too, except on the last step of a fit of known
-        # length: fit end draws them again one step later.
-        if not (trainer.max_steps > 0 and step >= trainer.max_steps - 1):
-            self._log_figures(trainer, step)
 
     def _log_figures(self, trainer: "pl.Trainer", step: int) -> None:
         """Write the figures ``health/{kind}_heatmap`` and ``health/{kind}_depth_profile`` at ``step`` (once per step;

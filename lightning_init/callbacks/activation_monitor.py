@@ -138,7 +138,8 @@ class ActivationMonitor(_LayerMonitor):
     and a remedy. At fit end one line is printed when nothing was flagged, else the flagged rows; the full table
     (flagged rows first) goes to the Text tab as ``health/activation_report``; ``health/activation_heatmap``
     (parameterized layers x logged steps, colour = log10 of the activation std) and
-    ``health/activation_depth_profile`` go to every logger that takes images at fit end and on histogram steps.
+    ``health/activation_depth_profile`` go to every logger that takes images at fit end (mid-run too with
+    ``figure_every_n_steps``).
 
     Args:
         {cadence_args}
@@ -190,6 +191,7 @@ class ActivationMonitor(_LayerMonitor):
         overflow_fraction: float = OVERFLOW_FRACTION,
         thresholds: HealthThresholds | None = None,
         per_layer_charts: bool = False,
+        figure_every_n_steps: PositiveInt | None = None,
     ) -> None:
         super().__init__(
             every_n_steps,
@@ -201,6 +203,7 @@ class ActivationMonitor(_LayerMonitor):
             health=health,
             on_anomaly=on_anomaly,
             per_layer_charts=per_layer_charts,
+            figure_every_n_steps=figure_every_n_steps,
             thresholds={
                 "vanishing_activation_ratio": vanishing_activation_ratio,
                 "exploding_activation_ratio": exploding_activation_ratio,
@@ -288,6 +291,7 @@ class ActivationMonitor(_LayerMonitor):
             return
         self._recording = k
         self._recording_scalars, self._recording_histograms = scalars, histograms
+        self._figures_due = self._logs_figures(trainer, index)
         self._start(trainer, pl_module)
 
     @_gc_paused()

@@ -99,7 +99,7 @@ class GradientMonitor(_LayerMonitor):
       across DDP processes (one ``all_gather``) as the gradient of the global mean loss; with ``health=True``
       ``health/nonfinite_output_grad``, ``health/vanishing_backprop``, ``health/exploding_backprop``, the text
       ``health/output_grad_report`` and the image ``health/output_grad_heatmap`` (modules x logged steps, colour =
-      log10 of ``||dL/dh||``) at fit end and on histogram steps;
+      log10 of ``||dL/dh||``) at fit end (mid-run too with ``figure_every_n_steps``);
     - under 16-bit precision only (``16-mixed``, ``bf16-mixed``, ``*-true``, or gradients in float16/bfloat16; never
       under 32-bit): ``grad_underflow/{param}`` and ``grad_overflow/{param}``, the fractions of elements whose value
       times the GradScaler's loss scale (what lived in 16 bits during backward) is below the format's smallest normal
@@ -134,7 +134,7 @@ class GradientMonitor(_LayerMonitor):
     threshold and a remedy. At fit end one line is printed when nothing was flagged, else the flagged rows; the full
     table (flagged rows first) goes to the Text tab as ``health/grad_report``; ``health/grad_heatmap`` (weights x
     logged steps, colour = log10 of the grad norm) and ``health/grad_depth_profile`` go to every logger that takes
-    images at fit end and on histogram steps.
+    images at fit end (mid-run too with ``figure_every_n_steps``).
 
     Args:
         {cadence_args}
@@ -195,6 +195,7 @@ class GradientMonitor(_LayerMonitor):
         overflow_fraction: float = OVERFLOW_FRACTION,
         thresholds: HealthThresholds | None = None,
         per_layer_charts: bool = False,
+        figure_every_n_steps: PositiveInt | None = None,
     ) -> None:
         super().__init__(
             every_n_steps,
@@ -206,6 +207,7 @@ class GradientMonitor(_LayerMonitor):
             health=health,
             on_anomaly=on_anomaly,
             per_layer_charts=per_layer_charts,
+            figure_every_n_steps=figure_every_n_steps,
             thresholds={
                 "vanishing_grad_ratio": vanishing_grad_ratio,
                 "vanishing_grad_floor": vanishing_grad_floor,
@@ -340,6 +342,11 @@ class GradientMonitor(_LayerMonitor):
         if findings:
             self._on_findings(trainer, findings)
 
+    @override
+    def _log_figures(self, trainer: "pl.Trainer", step: int) -> None:
+        super()._log_figures(trainer, step)
+        self._log_backprop_heatmap(trainer, step)
+
     def _log_backprop_heatmap(self, trainer: "pl.Trainer", step: int) -> None:
         tracker = self._backprop_tracker
         if tracker is None or self._backprop_heatmap_step == step:
@@ -385,6 +392,7 @@ class GradientMonitor(_LayerMonitor):
         index = self._step_index(trainer)  # the step the cadence applies to
         scalars, histograms = self._logs_scalars(index), self._logs_histograms(index)
         if scalars or histograms:
+            self._figures_due = self._logs_figures(trainer, index)
             self._measure(trainer, pl_module, optimizer, k, scalars=scalars, histograms=histograms)
 
     @_gc_paused()
@@ -483,4 +491,3 @@ class GradientMonitor(_LayerMonitor):
             self._on_table(trainer, pl_module, table, k, extra_metrics=step_metrics, judge=not skipped)
         if histograms:
             self._log_histograms(trainer, names, hists, k)
-            self._log_backprop_heatmap(trainer, k)

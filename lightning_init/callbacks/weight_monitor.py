@@ -86,7 +86,7 @@ class WeightMonitor(_LayerMonitor):
     flagged rows; the full table (flagged rows first) goes to the Text tab as ``health/weight_report``;
     ``health/weight_heatmap`` (parameters x logged steps, colour = log10 of ``update_ratio``) and
     ``health/weight_depth_profile`` (one line per logged step across the parameters) go to every logger that takes
-    images at fit end and on histogram steps.
+    images at fit end (mid-run too with ``figure_every_n_steps``).
 
     Args:
         {cadence_args}
@@ -136,6 +136,7 @@ class WeightMonitor(_LayerMonitor):
         update_ratio_high: float = UPDATE_RATIO_HIGH,
         thresholds: HealthThresholds | None = None,
         per_layer_charts: bool = False,
+        figure_every_n_steps: PositiveInt | None = None,
     ) -> None:
         super().__init__(
             every_n_steps,
@@ -147,6 +148,7 @@ class WeightMonitor(_LayerMonitor):
             health=health,
             on_anomaly=on_anomaly,
             per_layer_charts=per_layer_charts,
+            figure_every_n_steps=figure_every_n_steps,
             thresholds={
                 "symmetric_spread": symmetric_spread,
                 "update_ratio_low": update_ratio_low,
@@ -251,6 +253,7 @@ class WeightMonitor(_LayerMonitor):
         self._pending = k
         self._pending_histograms = histograms
         self._pending_scalars = scalars
+        self._figures_due = self._logs_figures(trainer, index)
         if scalars and self.health:
             self._warmup = adaptive_warmup(optimizer, k)
         if scalars and "update_ratio" in self._table_stats:

@@ -359,3 +359,17 @@ def test_gpt2_loss_at_init_is_chance_under_every_residual_preset(residual):
     assert loss == pytest.approx(math.log(100), rel=0.10)
     std = rows["net.transformer.wte.weight"].expected_std
     assert std == pytest.approx(1 / 64 if residual == "fixup" else math.sqrt(2 / (5 * 64)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["gpt2", "bert"])
+def test_auto_trains_no_worse_than_the_models_own_init(name):
+    # issue 12's acceptance: after 30 steps of the model's own optimizer (AdamW) on the same data and dropout draws,
+    # the mean loss under auto is at most 1.1 x the mean loss under the model's own (HF) init; over 4 seeds it
+    # measured 0.74 (GPT-2) and 0.62 (BERT), the noise floor of the own init re-drawn being ~1.0-1.06 (20 seeds)
+    from benchmarks.auto_ratio import measure
+
+    torch.set_num_threads(1)
+    r = measure(name, range(4))
+    assert r.ratio <= 1.1, (r.own, r.auto)
+    assert all(math.isfinite(a) for a in r.auto + r.own)

@@ -192,6 +192,10 @@ def test_exception_mid_step_removes_hooks_drops_state_and_leaves_readable_events
     assert sorted(scalars(ea, "activation_std/net.0")) == list(range(k))
     assert sorted(scalars(ea, "weight_std/net.0.weight")) == list(range(k + 1))  # weights after step k - 1's update
     assert [e.step for e in ea.Histograms("weight/net.0.weight")] == [0, 2]  # fit start, after step 1
+    # what fit end leaves is not lost: each monitor's health report and figures, at the step the fit stopped
+    for kind in ("weight", "grad", "activation"):
+        assert [e.step for e in ea.Tensors(f"health/{kind}_report/text_summary")] == [k], kind
+        assert [e.step for e in ea.Images(f"health/{kind}_heatmap")] == [k], kind
 
 
 # ----------------------------------------------------------------------------------------------- NaN from step k
@@ -322,6 +326,11 @@ def test_nan_with_on_anomaly_raise_raises_health_error_at_step_k(tmp_path: Path)
     assert trainer.global_step == k
     assert all_hooks(model) == 0
     assert held_state(weight, act) == EMPTY
+    # the report of the monitor that raised names the finding: the flagged rows first, in the Text tab
+    report = events(trainer).Tensors("health/grad_report/text_summary")
+    assert [e.step for e in report] == [k]
+    assert "6 of 6 layers flagged" in report[0].tensor_proto.string_val[0].decode()  # every parameter: NaN grads
+    assert "| net.0.weight | grad | nonfinite | 3 | 3 |" in report[0].tensor_proto.string_val[0].decode()
 
 
 # ----------------------------------------------------------------------------------------------- unusual models

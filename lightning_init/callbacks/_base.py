@@ -634,7 +634,18 @@ class _LayerMonitor(Callback):
 
     @override
     def on_exception(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", exception: BaseException) -> None:
+        """Release everything, then leave what fit end would (a run stopped by Ctrl-C, a crash or ``on_anomaly=
+        "raise"`` keeps its health report and figures: drawn at fit end only, they would be lost otherwise).
+
+        Lightning calls this before it finalizes the loggers. The report is host-side (no collective, so a crash of
+        one DDP process cannot hang here); a failure while writing it is a warning, never a second exception that
+        would hide the first.
+        """  # noqa: D205
         self._release()
+        try:
+            self._report(trainer)
+        except Exception as err:  # the fit's own exception is the one the user must see
+            rank_zero_warn(f"{type(self).__name__}: the health report after {type(exception).__name__} failed: {err!r}")
 
     @override
     def teardown(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:

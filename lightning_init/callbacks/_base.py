@@ -595,13 +595,15 @@ class _LayerMonitor(Callback):
         writers.log_image(trainer, f"health/{self.kind}_depth_profile", self._tracker.depth_profile, step)
         self._heatmap_step = step
 
-    def _report(self, trainer: "pl.Trainer") -> None:
+    def _report(self, trainer: "pl.Trainer", *, complete: bool = True) -> None:
         """End of fit: one console line when healthy, else the flagged rows; the full table (flagged rows first) to
-        the Text tab; the final figures.
+        the Text tab; the final figures. ``complete=False`` (a fit stopped by an exception): the pending
+        ``health/total`` is not written, its batch was cut short (a resumed run writes it at that step).
         """  # noqa: D205
         if self._tracker is None or not self._tracker.layers():
             return  # no logging step happened: nothing was judged, nothing to report
-        _write_health_total(trainer)
+        if complete:
+            _write_health_total(trainer)
         step = trainer.global_step
         rank_zero_info(self.console_report(step))
         writers.log_text(trainer, f"health/{self.kind}_report", self._tracker.to_markdown(), step)
@@ -643,7 +645,7 @@ class _LayerMonitor(Callback):
         """  # noqa: D205
         self._release()
         try:
-            self._report(trainer)
+            self._report(trainer, complete=False)
         except Exception as err:  # the fit's own exception is the one the user must see
             rank_zero_warn(f"{type(self).__name__}: the health report after {type(exception).__name__} failed: {err!r}")
 

@@ -357,8 +357,8 @@ class GradientMonitor(_LayerMonitor):
             self._backprop_heatmap_step = step
 
     @override
-    def _report(self, trainer: "pl.Trainer") -> None:
-        super()._report(trainer)
+    def _report(self, trainer: "pl.Trainer", *, complete: bool = True) -> None:
+        super()._report(trainer, complete=complete)
         tracker = self._backprop_tracker
         if tracker is None or not tracker.layers():
             return

@@ -77,9 +77,11 @@ def _add_summary(writer: Any, summary: Summary, step: int) -> bool:
 
 
 # ----------------------------------------------------------------------------------------- per-logger senders
-# Each sender takes (logger, tag, payload, step); payloads: images a ``Rendered``, text Markdown, histograms a
-# ``HostHistogram``. A logger class is matched by the names of its classes (subclasses included), so that optional
-# packages (wandb, mlflow, comet_ml, neptune) are imported only by the sender that needs them.
+# Each sender takes (logger, [(tag, payload), ...], step): every item of one kind of one step, so that a logger able to
+# take them at once does (one TensorBoard event, one W&B row); :func:`_each` makes one from a per-item function.
+# Payloads: images a ``Rendered``, text Markdown, histograms a ``HostHistogram``. A logger class is matched by the
+# names of its classes (subclasses included), so that optional packages (wandb, mlflow, comet_ml, neptune) are
+# imported only by the sender that needs them.
 
 
 def _tb_image(logger: Any, tag: str, image: Rendered, step: int) -> None:
@@ -104,29 +106,14 @@ def _tb_text(logger: Any, tag: str, markdown: str, step: int) -> None:
     logger.experiment.flush()
 
 
-def _tb_histogram(logger: Any, tag: str, h: HostHistogram, step: int) -> None:
-    # Pre-binned (``add_histogram_raw``): values beyond +-1e20, on which ``add_histogram`` raises "The histogram is
-    # empty", are drawn like any other.
-    logger.experiment.add_histogram_raw(
-        tag,
-        min=h.min,
-        max=h.max,
-        num=h.num,
-        sum=h.sum,
-        sum_squares=h.sum_squares,
-        bucket_limits=h.bucket_limits,
-        bucket_counts=h.bucket_counts,
-        global_step=step,
-    )
-
-
 def _tb_histograms(logger: Any, items: Sequence[tuple[str, HostHistogram]], step: int) -> None:
     """Every histogram of one step in ONE ``Summary`` event (as the scalars: :func:`_add_scalars_at_once`).
 
     ``add_histogram_raw`` per tag is one event and one trip through the writer thread's bounded queue each; with
     ~150 histograms (GPT-2 tiny, three monitors) the training thread waited ~13 ms per histogram step on that queue.
     One ``Summary`` with one value per tag reads back identically (``EventAccumulator`` iterates over its values).
-    A writer that cannot take a built ``Summary`` gets ``add_histogram_raw`` per tag.
+    A writer that cannot take a built ``Summary`` gets ``add_histogram_raw`` per tag. Pre-binned either way: values
+    beyond +-1e20, on which ``add_histogram`` raises "The histogram is empty", are drawn like any other.
     """
     summary = Summary(
         value=[
@@ -147,7 +134,17 @@ def _tb_histograms(logger: Any, items: Sequence[tuple[str, HostHistogram]], step
     )
     if not _add_summary(logger.experiment, summary, step):
         for tag, h in items:
-            _tb_histogram(logger, tag, h, step)
+            logger.experiment.add_histogram_raw(
+                tag,
+                min=h.min,
+                max=h.max,
+                num=h.num,
+                sum=h.sum,
+                sum_squares=h.sum_squares,
+                bucket_limits=h.bucket_limits,
+                bucket_counts=h.bucket_counts,
+                global_step=step,
+            )
 
 
 def _cells(line: str) -> list[str]:
@@ -181,10 +178,6 @@ def _wandb_text(logger: Any, tag: str, markdown: str, step: int) -> None:
         logger.log_text(key=tag, columns=["text"], data=[[markdown]], step=step)
     else:
         logger.log_text(key=tag, columns=table[0], data=table[1], step=step)
-
-
-def _wandb_histogram(logger: Any, tag: str, h: HostHistogram, step: int) -> None:
-    _wandb_histograms(logger, [(tag, h)], step)
 
 
 def _wandb_histograms(logger: Any, items: Sequence[tuple[str, HostHistogram]], step: int) -> None:
@@ -239,23 +232,27 @@ def _csv_text(logger: Any, tag: str, markdown: str, step: int) -> None:
     _file(logger, "text", tag, step, ".md").write_text(markdown + "\n")
 
 
-Sender = Callable[[Any, str, Any, int], None]
+Sender = Callable[[Any, Sequence[tuple[str, Any]], int], None]
+
+
+def _each(send_one: Callable[[Any, str, Any, int], None]) -> Sender:
+    """A sender that hands the items to ``send_one(logger, tag, payload, step)`` one by one."""
+
+    def send(logger: Any, items: Sequence[tuple[str, Any]], step: int) -> None:
+        for tag, payload in items:
+            send_one(logger, tag, payload, step)
+
+    return send
+
+
 #: Logger class name -> the sender of each kind it can take (first matching class of the logger's MRO wins).
 SENDERS: dict[str, dict[str, Sender]] = {
-    "TensorBoardLogger": {IMAGES: _tb_image, TEXT: _tb_text, HISTOGRAMS: _tb_histogram},
-    "WandbLogger": {IMAGES: _wandb_image, TEXT: _wandb_text, HISTOGRAMS: _wandb_histogram},
-    "MLFlowLogger": {IMAGES: _mlflow_image, TEXT: _mlflow_text},
-    "CometLogger": {IMAGES: _comet_image, TEXT: _comet_text},
-    "NeptuneLogger": {IMAGES: _neptune_image, TEXT: _neptune_text},
-    "CSVLogger": {IMAGES: _csv_image, TEXT: _csv_text},
-}
-
-BatchSender = Callable[[Any, Sequence[tuple[str, Any]], int], None]
-#: Logger class name -> kinds whose items of one step it takes in one call (one event or one history row), used
-#: instead of the per-item sender of :data:`SENDERS`.
-BATCH_SENDERS: dict[str, dict[str, BatchSender]] = {
-    "TensorBoardLogger": {HISTOGRAMS: _tb_histograms},
-    "WandbLogger": {HISTOGRAMS: _wandb_histograms},
+    "TensorBoardLogger": {IMAGES: _each(_tb_image), TEXT: _each(_tb_text), HISTOGRAMS: _tb_histograms},
+    "WandbLogger": {IMAGES: _each(_wandb_image), TEXT: _each(_wandb_text), HISTOGRAMS: _wandb_histograms},
+    "MLFlowLogger": {IMAGES: _each(_mlflow_image), TEXT: _each(_mlflow_text)},
+    "CometLogger": {IMAGES: _each(_comet_image), TEXT: _each(_comet_text)},
+    "NeptuneLogger": {IMAGES: _each(_neptune_image), TEXT: _each(_neptune_text)},
+    "CSVLogger": {IMAGES: _each(_csv_image), TEXT: _each(_csv_text)},
 }
 
 #: Loggers already warned about (what they miss, or a failed write), so that each warning is given once.
@@ -268,14 +265,6 @@ def senders(logger: Logger) -> dict[str, Sender]:
         if cls.__name__ in SENDERS:
             return SENDERS[cls.__name__]
     return {}
-
-
-def _batch_sender(logger: Logger, kind: str) -> BatchSender | None:
-    """The sender that takes every item of ``kind`` of one step at once, if ``logger`` has one."""
-    for cls in type(logger).__mro__:
-        if cls.__name__ in SENDERS:
-            return BATCH_SENDERS.get(cls.__name__, {}).get(kind)
-    return None
 
 
 def _warn_once(logger: Any, key: str, message: str) -> None:
@@ -304,13 +293,8 @@ def _send(trainer: "pl.Trainer", kind: str, items: Sequence[tuple[str, Any]], st
             continue
         if kind in _WARNED.get(logger, set()):
             continue  # a write of this kind failed before
-        batch = _batch_sender(logger, kind)
         try:
-            if batch is not None:
-                batch(logger, items, step)
-            else:
-                for tag, payload in items:
-                    send(logger, tag, payload, step)
+            send(logger, items, step)
         except Exception as err:  # a logger's failure must not stop the fit: said once, not retried
             _warn_once(logger, kind, f"lightning_init: sending {_WHAT[kind]} to {name} failed ({err!r}); not retried.")
 
